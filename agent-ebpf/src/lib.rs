@@ -1,0 +1,149 @@
+//! Types and constants shared by the kernel programs (`src/main.rs`, built for
+//! `bpfel-unknown-none`) and the user-space agent, which decodes what the kernel sends.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so both sides agree byte for byte; flags
+//! are `u32`, never `bool`. User space turns on the `user` feature to get `aya::Pod`.
+#![no_std]
+
+/// Bytes kept of an executed file's path (as given to execve).
+pub const EXEC_PATH_LEN: usize = 512;
+/// Bytes kept of an exec's argument vector (NUL-separated arguments).
+pub const EXEC_ARGV_LEN: usize = 2048;
+/// Arguments read at most; more are reported as truncation.
+pub const EXEC_MAX_ARGS: usize = 32;
+/// Bytes of a task name, as the kernel's `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// Kinds of record the kernel sends; the first `u32` of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Exit = 2,
+}
+
+impl EventKind {
+    pub fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Exec),
+            2 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// `ExecRecord::flags`: the argument vector was cut (too many or too long arguments).
+pub const EXEC_FLAG_ARGV_TRUNCATED: u32 = 1 << 0;
+/// `ExecRecord::flags`: the path was longer than [`EXEC_PATH_LEN`].
+pub const EXEC_FLAG_PATH_TRUNCATED: u32 = 1 << 1;
+/// `ExecRecord::flags`: the exec began before the agent was attached, so argv is unknown.
+pub const EXEC_FLAG_ARGV_MISSING: u32 = 1 << 2;
+
+/// What every record starts with: who acted, when, and in which cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Thread id (the kernel's `pid`).
+    pub tid: u32,
+    /// Process id (the kernel's `tgid`).
+    pub pid: u32,
+    /// Parent process id; 0 when the kernel could not tell.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Nanoseconds since boot (`bpf_ktime_get_boot_ns`); user space adds the boot time.
+    pub boot_ns: u64,
+    /// cgroup v2 id of the task (inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A successful exec, sent from `sched_process_exec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub header: RecordHeader,
+    /// `EXEC_FLAG_*` bits.
+    pub flags: u32,
+    /// Bytes used in `path`, without the terminating NUL.
+    pub path_len: u32,
+    /// Bytes used in `argv` (arguments each followed by a NUL).
+    pub argv_len: u32,
+    /// `dirfd` given to execveat, or `AT_FDCWD` (-100) for execve.
+    pub dirfd: i32,
+    pub path: [u8; EXEC_PATH_LEN],
+    pub argv: [u8; EXEC_ARGV_LEN],
+}
+
+/// A process (thread group) ended, sent from `sched_process_exit` for the group leader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+    /// The kernel's `task_struct::exit_code`: `(status << 8) | signal`.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+
+/// What an exec looked like when it entered the kernel, kept per thread until
+/// `sched_process_exec` confirms it succeeded (the caller's memory is gone by then).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingExec {
+    pub flags: u32,
+    pub path_len: u32,
+    pub argv_len: u32,
+    pub dirfd: i32,
+    pub path: [u8; EXEC_PATH_LEN],
+    pub argv: [u8; EXEC_ARGV_LEN],
+}
+
+/// Index of each counter in the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    /// Records written to the event ring buffer.
+    EventsSent = 0,
+    /// Records lost because the event ring buffer was full.
+    EventsDropped = 1,
+    /// Execs whose arguments could not be kept (pending map full).
+    PendingExecDropped = 2,
+}
+
+/// Number of slots in the `COUNTERS` map.
+pub const COUNTER_SLOTS: u32 = 4;
+
+/// Byte offsets of kernel struct fields, read from the running kernel's BTF by user space and
+/// written into the programs before load, so one object works on many kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
+    pub _pad: u32,
+}
+
+/// Settings written into the programs before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig {
+    /// Process id of the agent itself, whose actions are never reported.
+    pub agent_pid: u32,
+    pub _pad: u32,
+    pub offsets: KernelOffsets,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are `#[repr(C)]`, made only of integers and integer arrays, with
+    // explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::PendingExec {}
+}

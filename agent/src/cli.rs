@@ -1,0 +1,74 @@
+//! Command-line interface: one binary, `custos`, that runs the daemon (`custos agent`) or
+//! talks to it over gRPC (`custos events`, ...).
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Default unix socket of the gRPC API.
+pub const DEFAULT_SOCKET: &str = "/run/custos/custos.sock";
+/// Default directory for the agent's persistent state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/custos";
+
+#[derive(Debug, Parser)]
+#[command(name = "custos", version, about = "Runtime behaviour monitor for Kubernetes nodes")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent on this node (needs root: it loads eBPF programs).
+    Agent(AgentArgs),
+    /// Stream events from a running agent, one per line, until interrupted.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Unix socket to serve the gRPC API on (created with mode 0600).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub listen_unix: PathBuf,
+    /// Also serve the gRPC API on this TCP address (e.g. 127.0.0.1:7447).
+    #[arg(long, value_name = "ADDR")]
+    pub listen_tcp: Option<std::net::SocketAddr>,
+    /// Directory for persistent state (created if missing; must be writable).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// containerd's gRPC socket, the source of container and pod metadata.
+    #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Unix socket of the agent's gRPC API.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Compact)]
+    pub output: OutputFormat,
+    /// Only events of pods in these namespaces (repeatable).
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Only events of these pods (repeatable).
+    #[arg(long = "pod", value_name = "POD")]
+    pub pods: Vec<String>,
+    /// Only events of these containers, by id or id prefix (repeatable).
+    #[arg(long = "container", value_name = "ID")]
+    pub container_ids: Vec<String>,
+    /// Only events of these kinds: exec, exit (repeatable).
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// Only host (non-container) events.
+    #[arg(long)]
+    pub host_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON object per line.
+    Json,
+    /// One short human-readable line per event.
+    Compact,
+}

@@ -1,0 +1,2 @@
+//! The daemon.
+pub async fn run(_args: crate::cli::AgentArgs) -> anyhow::Result<()> { anyhow::bail!("not yet") }
