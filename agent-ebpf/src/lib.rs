@@ -7,8 +7,11 @@
 
 /// Bytes kept of an executed file's path (as given to execve).
 pub const EXEC_PATH_LEN: usize = 512;
-/// Bytes kept of an exec's argument vector (NUL-separated arguments).
-pub const EXEC_ARGV_LEN: usize = 2048;
+/// Bytes of argument vector read at most (NUL-separated arguments).
+pub const EXEC_ARGV_LIMIT: usize = 2048;
+/// Size of the argv buffer: twice the limit, so the kernel side can prove to the verifier that
+/// a read of up to `EXEC_ARGV_LIMIT` bytes starting below `EXEC_ARGV_LIMIT` stays in bounds.
+pub const EXEC_ARGV_LEN: usize = 2 * EXEC_ARGV_LIMIT;
 /// Arguments read at most; more are reported as truncation.
 pub const EXEC_MAX_ARGS: usize = 32;
 /// Bytes of a task name, as the kernel's `TASK_COMM_LEN`.
@@ -65,16 +68,7 @@ pub struct RecordHeader {
 #[derive(Clone, Copy)]
 pub struct ExecRecord {
     pub header: RecordHeader,
-    /// `EXEC_FLAG_*` bits.
-    pub flags: u32,
-    /// Bytes used in `path`, without the terminating NUL.
-    pub path_len: u32,
-    /// Bytes used in `argv` (arguments each followed by a NUL).
-    pub argv_len: u32,
-    /// `dirfd` given to execveat, or `AT_FDCWD` (-100) for execve.
-    pub dirfd: i32,
-    pub path: [u8; EXEC_PATH_LEN],
-    pub argv: [u8; EXEC_ARGV_LEN],
+    pub args: ExecArgs,
 }
 
 /// A process (thread group) ended, sent from `sched_process_exit` for the group leader.
@@ -87,14 +81,19 @@ pub struct ExitRecord {
     pub _pad: u32,
 }
 
-/// What an exec looked like when it entered the kernel, kept per thread until
-/// `sched_process_exec` confirms it succeeded (the caller's memory is gone by then).
+/// What an exec looked like when it entered the kernel. Kept per thread from `sys_enter_execve*`
+/// until `sched_process_exec` confirms it succeeded (the caller's memory is gone by then), then
+/// copied whole into the [`ExecRecord`].
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct PendingExec {
+pub struct ExecArgs {
+    /// `EXEC_FLAG_*` bits.
     pub flags: u32,
+    /// Bytes used in `path`, without the terminating NUL.
     pub path_len: u32,
+    /// Bytes used in `argv` (arguments, each followed by a NUL).
     pub argv_len: u32,
+    /// `dirfd` given to execveat, or `AT_FDCWD` (-100) for execve.
     pub dirfd: i32,
     pub path: [u8; EXEC_PATH_LEN],
     pub argv: [u8; EXEC_ARGV_LEN],
@@ -145,5 +144,5 @@ mod pod {
     // explicit padding fields, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::KernelOffsets {}
-    unsafe impl aya::Pod for super::PendingExec {}
+    unsafe impl aya::Pod for super::ExecArgs {}
 }

@@ -6,8 +6,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Default unix socket of the gRPC API.
 pub const DEFAULT_SOCKET: &str = "/run/custos/custos.sock";
-/// Default directory for the agent's persistent state.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/custos";
 
 #[derive(Debug, Parser)]
 #[command(name = "custos", version, about = "Runtime behaviour monitor for Kubernetes nodes")]
@@ -24,20 +22,25 @@ pub enum Command {
     Events(EventsArgs),
 }
 
+/// Flags of `custos agent`. Each one, when given, overrides the configuration file (or the
+/// built-in configuration, `deploy/config/custos.yaml`).
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Unix socket to serve the gRPC API on (created with mode 0600).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub listen_unix: PathBuf,
+    /// Configuration file (YAML); without it the built-in default is used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve the gRPC API on (created with mode 0600) [default: /run/custos/custos.sock].
+    #[arg(long, value_name = "PATH")]
+    pub listen_unix: Option<PathBuf>,
     /// Also serve the gRPC API on this TCP address (e.g. 127.0.0.1:7447).
     #[arg(long, value_name = "ADDR")]
     pub listen_tcp: Option<std::net::SocketAddr>,
-    /// Directory for persistent state (created if missing; must be writable).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// containerd's gRPC socket, the source of container and pod metadata.
-    #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
-    pub containerd_socket: PathBuf,
+    /// Directory for persistent state (created if missing; must be writable) [default: /var/lib/custos].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// containerd's gRPC socket, the source of container and pod metadata [default: /run/containerd/containerd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,1 +1,13 @@
-//! Kernel sensors.
+//! Kernel sensors: loads the eBPF programs embedded in this binary, attaches them, and turns the
+//! records they send into [`KernelRecord`]s.
+//!
+//! The programs themselves live in `agent-ebpf/`; the types both sides share are in its library
+//! (`custos_ebpf`). Kernel struct offsets come from the running kernel's BTF ([`btf`]) and are
+//! written into the programs before load, so one object serves many kernels.
+
+pub mod btf;
+mod loader;
+pub mod records;
+
+pub use loader::{KernelCounters, RecordReader, SensorError, Sensors};
+pub use records::{DecodeError, ExecRecord, ExitRecord, KernelRecord, RecordHeader};

@@ -1,0 +1,220 @@
+//! Process lifecycle: exec (with its path and arguments) and exit (with its status).
+//!
+//! Arguments live in the caller's memory, which a successful exec replaces, so they are read at
+//! `sys_enter_execve`/`sys_enter_execveat` into `PENDING_EXECS` (per thread) and sent from
+//! `sched_process_exec`, which only fires for execs that succeeded.
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, generated::bpf_probe_read_user_str,
+    },
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use custos_ebpf::{
+    Counter, EXEC_ARGV_LIMIT, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED,
+    EXEC_FLAG_PATH_TRUNCATED, EXEC_MAX_ARGS, EXEC_PATH_LEN, EventKind, ExecArgs, ExecRecord,
+    ExitRecord,
+};
+
+use super::common::{EVENTS, config, count, current_ids, fill_header, is_agent, read_task_field};
+
+const AT_FDCWD: i32 = -100;
+
+/// Arguments of execs in flight, by thread id. LRU so that execs that fail (and never reach
+/// `sched_process_exec`) age out instead of filling the map.
+#[map]
+static PENDING_EXECS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(4096, 0);
+
+/// One `ExecArgs` per CPU to build an entry in: it is far larger than the 512-byte stack.
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
+
+// Offsets in the syscall tracepoints' records (stable across kernels: 8-byte common header,
+// then `__syscall_nr` padded to 8, then the arguments, 8 bytes each).
+const EXECVE_FILENAME: usize = 16;
+const EXECVE_ARGV: usize = 24;
+const EXECVEAT_FD: usize = 16;
+const EXECVEAT_FILENAME: usize = 24;
+const EXECVEAT_ARGV: usize = 32;
+// Offsets in `sched_process_exec`'s record.
+const SCHED_EXEC_FILENAME_LOC: usize = 8;
+const SCHED_EXEC_OLD_PID: usize = 16;
+
+#[tracepoint]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    let _ = try_capture_exec(&ctx, AT_FDCWD, EXECVE_FILENAME, EXECVE_ARGV);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    let dirfd = unsafe { ctx.read_at::<i64>(EXECVEAT_FD) }.map_or(AT_FDCWD, |fd| fd as i32);
+    let _ = try_capture_exec(&ctx, dirfd, EXECVEAT_FILENAME, EXECVEAT_ARGV);
+    0
+}
+
+#[inline(always)]
+fn try_capture_exec(
+    ctx: &TracePointContext,
+    dirfd: i32,
+    filename_offset: usize,
+    argv_offset: usize,
+) -> Result<(), i64> {
+    let (tid, pid) = current_ids();
+    if is_agent(pid) {
+        return Ok(());
+    }
+    let args = EXEC_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let args = unsafe { &mut *args };
+    args.flags = 0;
+    args.dirfd = dirfd;
+
+    let filename: *const u8 = unsafe { ctx.read_at(filename_offset) }?;
+    let path_len = unsafe {
+        bpf_probe_read_user_str(
+            args.path.as_mut_ptr().cast(),
+            EXEC_PATH_LEN as u32,
+            filename.cast(),
+        )
+    };
+    args.path_len = if path_len > 0 { (path_len - 1) as u32 } else { 0 };
+    if path_len as usize >= EXEC_PATH_LEN {
+        args.flags |= EXEC_FLAG_PATH_TRUNCATED;
+    }
+
+    let argv: *const *const u8 = unsafe { ctx.read_at(argv_offset) }?;
+    args.argv_len = read_argv(argv, args) as u32;
+
+    if PENDING_EXECS.insert(&tid, &*args, 0).is_err() {
+        count(Counter::PendingExecDropped);
+    }
+    Ok(())
+}
+
+/// Copies up to `EXEC_MAX_ARGS` arguments, each followed by its NUL, into `args.argv`; returns
+/// the bytes used and sets `EXEC_FLAG_ARGV_TRUNCATED` when anything was left out.
+#[inline(always)]
+fn read_argv(argv: *const *const u8, args: &mut ExecArgs) -> usize {
+    let mut used = 0usize;
+    for index in 0..EXEC_MAX_ARGS {
+        let Ok(arg) = (unsafe { bpf_probe_read_user(argv.wrapping_add(index)) }) else {
+            return used;
+        };
+        if arg.is_null() {
+            return used;
+        }
+        if used >= EXEC_ARGV_LIMIT {
+            args.flags |= EXEC_FLAG_ARGV_TRUNCATED;
+            return used;
+        }
+        // `used` < EXEC_ARGV_LIMIT and the read is at most EXEC_ARGV_LIMIT bytes, so it stays
+        // inside the 2 * EXEC_ARGV_LIMIT buffer; the mask lets the verifier see that.
+        let start = used & (EXEC_ARGV_LIMIT - 1);
+        let read = unsafe {
+            bpf_probe_read_user_str(
+                args.argv.as_mut_ptr().wrapping_add(start).cast(),
+                EXEC_ARGV_LIMIT as u32,
+                arg.cast(),
+            )
+        };
+        if read <= 0 {
+            args.flags |= EXEC_FLAG_ARGV_TRUNCATED;
+            return used;
+        }
+        if read as usize >= EXEC_ARGV_LIMIT {
+            args.flags |= EXEC_FLAG_ARGV_TRUNCATED;
+        }
+        used = start + read as usize;
+    }
+    // All EXEC_MAX_ARGS slots used: truncated if there is one more.
+    if let Ok(next) = unsafe { bpf_probe_read_user(argv.wrapping_add(EXEC_MAX_ARGS)) }
+        && !next.is_null()
+    {
+        args.flags |= EXEC_FLAG_ARGV_TRUNCATED;
+    }
+    used
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_process_exec(&ctx);
+    0
+}
+
+fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let (tid, pid) = current_ids();
+    // Everything that can fail is read before the reservation: an early return while holding
+    // it would leak it (and the verifier refuses that).
+    let old_tid: u32 = unsafe { ctx.read_at::<i32>(SCHED_EXEC_OLD_PID) }? as u32;
+    let filename_loc: u32 = unsafe { ctx.read_at(SCHED_EXEC_FILENAME_LOC) }?;
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+        count(Counter::EventsDropped);
+        let _ = PENDING_EXECS.remove(&old_tid);
+        return Ok(());
+    };
+    // SAFETY: the reserved entry is exclusively ours until submit/discard.
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut record.header, EventKind::Exec, tid, pid);
+    match PENDING_EXECS.get_ptr(&old_tid) {
+        Some(pending) => {
+            // SAFETY: `pending` points at a live map value of exactly this type.
+            let bytes = unsafe {
+                core::slice::from_raw_parts_mut(
+                    (&mut record.args as *mut ExecArgs).cast::<u8>(),
+                    core::mem::size_of::<ExecArgs>(),
+                )
+            };
+            if unsafe { bpf_probe_read_kernel_buf(pending.cast(), bytes) }.is_err() {
+                entry.discard(0);
+                return Ok(());
+            }
+            let _ = PENDING_EXECS.remove(&old_tid);
+        }
+        None => {
+            // The exec entered the kernel before the agent attached: the tracepoint still
+            // gives the path, but the arguments are gone.
+            record.args.flags = EXEC_FLAG_ARGV_MISSING;
+            record.args.dirfd = AT_FDCWD;
+            record.args.argv_len = 0;
+            let src = unsafe { (ctx.as_ptr() as *const u8).add((filename_loc & 0xffff) as usize) };
+            record.args.path_len =
+                match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut record.args.path) } {
+                    Ok(path) => path.len() as u32,
+                    Err(_) => 0,
+                };
+        }
+    }
+    entry.submit(0);
+    count(Counter::EventsSent);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let _ = try_sched_process_exit();
+    0
+}
+
+fn try_sched_process_exit() -> Result<(), i64> {
+    let (tid, pid) = current_ids();
+    // One exit per process: when its main thread ends.
+    if tid != pid || is_agent(pid) {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
+        count(Counter::EventsDropped);
+        return Ok(());
+    };
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut record.header, EventKind::Exit, tid, pid);
+    let task = unsafe { bpf_get_current_task() };
+    record.exit_code = read_task_field::<u32>(task, config().offsets.task_exit_code).unwrap_or(0);
+    record._pad = 0;
+    entry.submit(0);
+    count(Counter::EventsSent);
+    Ok(())
+}
