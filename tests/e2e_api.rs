@@ -62,10 +62,20 @@ async fn two_subscribers_with_different_filters_each_get_exactly_their_events() 
 
     let a: Vec<_> = a.into_iter().chain(a_late).collect();
     let b: Vec<_> = b.into_iter().chain(b_late).collect();
-    assert!(a.len() >= 3, "pod filter: expected sh + 2 echo execs, got {a:#?}");
+    assert!(
+        a.len() >= 3,
+        "pod filter: expected sh + 2 echo execs, got {a:#?}"
+    );
     for event in &a {
-        assert!(exec_of(event).is_some(), "kind filter let through {event:#?}");
-        assert_eq!(workload(event).pod, pod_a, "pod filter let through {event:#?}");
+        assert!(
+            exec_of(event).is_some(),
+            "kind filter let through {event:#?}"
+        );
+        assert_eq!(
+            workload(event).pod,
+            pod_a,
+            "pod filter let through {event:#?}"
+        );
         assert_eq!(workload(event).container_id, id_a);
     }
     let echo_args: Vec<_> = a
@@ -74,9 +84,15 @@ async fn two_subscribers_with_different_filters_each_get_exactly_their_events() 
         .filter(|x| x.path == "/bin/echo")
         .map(|x| x.argv.clone())
         .collect();
-    assert_eq!(echo_args, [vec!["/bin/echo", "one"], vec!["/bin/echo", "two"]]);
+    assert_eq!(
+        echo_args,
+        [vec!["/bin/echo", "one"], vec!["/bin/echo", "two"]]
+    );
 
-    assert!(b.len() >= 3, "container filter: expected ≥3 exits, got {b:#?}");
+    assert!(
+        b.len() >= 3,
+        "container filter: expected ≥3 exits, got {b:#?}"
+    );
     for event in &b {
         assert!(
             matches!(event.body, Some(proto::event::Body::Exit(_))),
@@ -108,7 +124,11 @@ async fn subscribers_that_disconnect_and_reconnect_cause_no_error() {
         let mut client = agent.client().await;
         let mut stream = subscribe(&mut client, proto::EventFilter::default()).await;
         let events = collect_until(&mut stream, Duration::from_secs(5), |e| e.len() >= 5).await;
-        assert!(events.len() >= 5, "round {round}: only {} events", events.len());
+        assert!(
+            events.len() >= 5,
+            "round {round}: only {} events",
+            events.len()
+        );
         drop(stream);
         drop(client);
     }
@@ -149,8 +169,14 @@ async fn unknown_event_kind_in_a_filter_is_rejected_by_name() {
         .expect("run custos events");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.contains("teleport"), "error does not name the kind: {stderr}");
-    assert!(stderr.contains("exec"), "error does not list valid kinds: {stderr}");
+    assert!(
+        stderr.contains("teleport"),
+        "error does not name the kind: {stderr}"
+    );
+    assert!(
+        stderr.contains("exec"),
+        "error does not list valid kinds: {stderr}"
+    );
     agent.assert_running();
 }
 
@@ -181,7 +207,10 @@ fn an_unusable_state_dir_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("state dir"), "{stderr}");
-    assert!(stderr.contains(&*file.to_string_lossy()), "does not name the path: {stderr}");
+    assert!(
+        stderr.contains(&*file.to_string_lossy()),
+        "does not name the path: {stderr}"
+    );
 }
 
 #[test]
@@ -199,7 +228,10 @@ fn a_socket_path_taken_by_a_file_is_a_clear_error_and_the_file_survives() {
         .expect("run custos");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.contains(&*taken.to_string_lossy()), "does not name the path: {stderr}");
+    assert!(
+        stderr.contains(&*taken.to_string_lossy()),
+        "does not name the path: {stderr}"
+    );
     assert_eq!(std::fs::read_to_string(&taken).unwrap(), "precious");
 }
 

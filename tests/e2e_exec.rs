@@ -32,7 +32,12 @@ async fn container_execs_reach_a_subscriber_attributed_to_their_pod_and_host_exe
 
     let rootfs = Rootfs::busybox();
     let id = container_id();
-    run_container(&id, &rootfs, &QA_WEB, &["/bin/sh", "-c", "/bin/cat /etc/hostname"]);
+    run_container(
+        &id,
+        &rootfs,
+        &QA_WEB,
+        &["/bin/sh", "-c", "/bin/cat /etc/hostname"],
+    );
     let host_marker = unique("host-marker");
     let status = std::process::Command::new("/bin/echo")
         .arg(&host_marker)
@@ -71,21 +76,36 @@ async fn container_execs_reach_a_subscriber_attributed_to_their_pod_and_host_exe
         let w = workload(event);
         assert!(!w.host, "container exec marked as host: {event:#?}");
         assert_eq!(
-            (w.runtime.as_str(), w.namespace.as_str(), w.pod.as_str(), w.container.as_str()),
+            (
+                w.runtime.as_str(),
+                w.namespace.as_str(),
+                w.pod.as_str(),
+                w.container.as_str()
+            ),
             ("containerd", "qa", "web-1", "web"),
             "{event:#?}"
         );
         let exec = exec_of(event).unwrap();
-        assert!(exec.path.starts_with('/'), "path not absolute: {}", exec.path);
+        assert!(
+            exec.path.starts_with('/'),
+            "path not absolute: {}",
+            exec.path
+        );
         assert!(!exec.argv_truncated && !exec.path_truncated);
         let process = event.process.as_ref().expect("process");
         assert_ne!(process.pid, 0);
         assert_ne!(process.ppid, 0, "ppid unknown: {event:#?}");
         assert_ne!(w.cgroup_id, 0);
         // Delivered within 2 s of the kernel seeing it (the stream is read as it arrives).
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let age = Duration::from_nanos(now.saturating_sub(event.time_unix_nano));
-        assert!(age < Duration::from_secs(10), "event time is off: {age:?} old");
+        assert!(
+            age < Duration::from_secs(10),
+            "event time is off: {age:?} old"
+        );
     }
     let sh_process = sh.process.as_ref().unwrap();
     let cat_process = cat.process.as_ref().unwrap();
@@ -101,7 +121,10 @@ async fn container_execs_reach_a_subscriber_attributed_to_their_pod_and_host_exe
     assert!(workload(host).host, "host exec not marked host: {host:#?}");
     assert!(workload(host).container_id.is_empty());
     assert_eq!(exec_of(host).unwrap().path, "/bin/echo");
-    assert_eq!(exec_of(host).unwrap().argv, ["/bin/echo", host_marker.as_str()]);
+    assert_eq!(
+        exec_of(host).unwrap().argv,
+        ["/bin/echo", host_marker.as_str()]
+    );
     assert_eq!(host.process.as_ref().unwrap().ppid, std::process::id());
 }
 
@@ -145,14 +168,20 @@ async fn container_exec_arrives_within_two_seconds() {
             .any(|e| exec_of(e).is_some_and(|x| x.path == "/bin/cat"))
     })
     .await;
-    let received_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let received_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     runner.join().expect("container run");
     let cat = events
         .iter()
         .find(|e| exec_of(e).is_some_and(|x| x.path == "/bin/cat"))
         .unwrap_or_else(|| panic!("no /bin/cat exec from {id}: {events:#?}"));
     let latency = Duration::from_nanos(received_at.saturating_sub(cat.time_unix_nano));
-    assert!(latency < Duration::from_secs(2), "exec reached the subscriber after {latency:?}");
+    assert!(
+        latency < Duration::from_secs(2),
+        "exec reached the subscriber after {latency:?}"
+    );
     assert!(
         events.iter().all(|e| workload(e).container_id == id),
         "container filter let other events through: {events:#?}"

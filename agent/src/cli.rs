@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_SOCKET: &str = "/run/custos/custos.sock";
 
 #[derive(Debug, Parser)]
-#[command(name = "custos", version, about = "Runtime behaviour monitor for Kubernetes nodes")]
+#[command(
+    name = "custos",
+    version,
+    about = "Runtime behaviour monitor for Kubernetes nodes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn built_in_configuration_parses_with_documented_defaults() {
         let config = Config::parse(DEFAULT_CONFIG, "built-in").unwrap();
-        assert_eq!(config.api.unix_socket, PathBuf::from(crate::cli::DEFAULT_SOCKET));
+        assert_eq!(
+            config.api.unix_socket,
+            PathBuf::from(crate::cli::DEFAULT_SOCKET)
+        );
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/custos"));
         assert_eq!(config.api.tcp, None);
     }

@@ -40,7 +40,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let (loaded, reader) =
         Sensors::load(std::process::id()).context("starting the kernel sensors")?;
-    *sensors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(loaded);
+    *sensors
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(loaded);
     let containers = ContainerRegistry::start(config.containerd.socket.clone()).await?;
     let enricher = Enricher {
         node: node.clone(),
@@ -56,7 +58,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         state_dir = %config.state_dir.display(),
         "custos agent running"
     );
-    println!("custos agent listening on unix:{}", api.unix_path().display());
+    println!(
+        "custos agent listening on unix:{}",
+        api.unix_path().display()
+    );
     if let Some(addr) = api.tcp_addr() {
         println!("custos agent listening on tcp:{addr}");
     }

@@ -1,1 +1,188 @@
-fn main(){}
+//! Developer tasks for Custos: `cargo xtask <setup|run|test|lint>` (see `cargo xtask --help`).
+
+mod cmd;
+mod setup;
+
+use std::env;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{note, step};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Custos developer tasks",
+    long_about = "Custos developer tasks. `run`, `test` and `setup` prepare this host first \
+                  (packages, toolchain, tracefs, containerd); they need root the first time."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install and start what building, running and testing Custos needs on this host:
+    /// Debian packages, rust-src, bpf-linker, tracefs, containerd. Idempotent.
+    Setup,
+    /// Set up, build the agent (release) and run `custos agent [ARGS]...` in the foreground.
+    Run {
+        /// Arguments for `custos agent` (default: none, i.e. its embedded default configuration).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Set up and run `cargo test --workspace [ARGS]...` (debug profile).
+    ///
+    /// ARGS go to `cargo test` as they are, e.g. `cargo xtask test -- -p custos -- --nocapture`.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// `cargo fmt --all -- --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    put_cargo_bin_on_path();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::all(),
+        Task::Run { args } => run_agent(&args),
+        Task::Test { args } => test(&args),
+        Task::Lint => lint(),
+    }
+}
+
+fn run_agent(args: &[OsString]) -> Result<()> {
+    setup::all()?;
+    let root = workspace_root();
+    step("building the agent (release)");
+    cmd::run(
+        Command::new(setup::cargo())
+            .args(["build", "--release", "-p", "custos"])
+            .current_dir(&root),
+    )?;
+    let binary = target_dir(&root).join("release/custos");
+    let mut agent = Command::new(&binary);
+    agent.arg("agent").args(args).current_dir(&root);
+    step(format!("running: {}", cmd::display(&agent)));
+    // Replace this process, so Ctrl-C and other signals reach the agent directly and its exit
+    // status becomes ours.
+    let err = agent.exec();
+    Err(err).with_context(|| format!("could not execute {}", binary.display()))
+}
+
+fn test(args: &[OsString]) -> Result<()> {
+    setup::all()?;
+    let root = workspace_root();
+    step("running the test suite");
+    let mut test = Command::new(setup::cargo());
+    test.args(["test", "--workspace"]);
+    if env::var_os("CI").is_some() {
+        // In CI, report every failing test binary rather than stopping at the first.
+        test.arg("--no-fail-fast");
+    }
+    // Tests that need root or kernel features skip (loudly) when run by hand without them;
+    // here, as in CI, a missing privilege must fail them instead.
+    test.env("CUSTOS_REQUIRE_PRIVILEGED", "1");
+    // RUST_LOG is passed on if the caller set it, and never set here.
+    cmd::run(test.args(args).current_dir(&root)).context("the test suite failed")
+}
+
+fn lint() -> Result<()> {
+    // clippy compiles the agent, whose build script builds the eBPF programs.
+    setup::toolchain()?;
+    setup::lint_tools()?;
+    let root = workspace_root();
+    let cargo = setup::cargo();
+
+    step("checking formatting");
+    let fmt = cmd::run(
+        Command::new(&cargo)
+            .args(["fmt", "--all", "--", "--check"])
+            .current_dir(&root),
+    );
+    step("running clippy");
+    let clippy = cmd::run(
+        Command::new(&cargo)
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&root),
+    );
+    let mut failed = Vec::new();
+    if let Err(err) = fmt {
+        note(format!("{err:#}"));
+        failed.push("formatting (fix it with `cargo fmt --all`)");
+    }
+    if let Err(err) = clippy {
+        note(format!("{err:#}"));
+        failed.push("clippy");
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Tools that `cargo install` puts in cargo's bin directory (bpf-linker) must be found by the
+/// commands we run, even when that directory is not on the caller's PATH.
+fn put_cargo_bin_on_path() {
+    let Some(bin) = setup::cargo_bin_dir() else {
+        return;
+    };
+    let path = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = env::join_paths(std::iter::once(bin).chain(env::split_paths(&path)));
+    if let Ok(joined) = joined {
+        // SAFETY: called at the start of main, before any other thread exists.
+        unsafe { env::set_var("PATH", joined) };
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in a subdirectory of the workspace")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .or_else(|| env::var_os("CARGO_BUILD_TARGET_DIR"))
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"))
+}

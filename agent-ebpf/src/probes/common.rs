@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use custos_ebpf::{COMM_LEN, COUNTER_SLOTS, Counter, EventKind, KernelOffsets, ProbeConfig, RecordHeader};
+use custos_ebpf::{
+    COMM_LEN, COUNTER_SLOTS, Counter, EventKind, KernelOffsets, ProbeConfig, RecordHeader,
+};
 
 /// Written by user space before load (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]

@@ -81,7 +81,11 @@ fn try_capture_exec(
             filename.cast(),
         )
     };
-    args.path_len = if path_len > 0 { (path_len - 1) as u32 } else { 0 };
+    args.path_len = if path_len > 0 {
+        (path_len - 1) as u32
+    } else {
+        0
+    };
     if path_len as usize >= EXEC_PATH_LEN {
         args.flags |= EXEC_FLAG_PATH_TRUNCATED;
     }

@@ -10,3 +10,11 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/custos_descriptor.bin"));
 }
+
+pub mod filter;
+pub mod hub;
+pub mod server;
+
+pub use filter::{EventFilter, EventKind, FilterError, event_kind_name};
+pub use hub::{EventHub, HubStats, Subscription};
+pub use server::{ApiServer, StatusProvider};

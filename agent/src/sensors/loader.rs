@@ -122,14 +122,17 @@ impl Sensors {
                 })?;
             debug!(program = name, "attached to {category}/{event}");
         }
-        let events = ebpf.take_map("EVENTS").ok_or(SensorError::Missing("EVENTS"))?;
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(SensorError::Missing("EVENTS"))?;
         let ring = RingBuf::try_from(events).map_err(|source| SensorError::Map {
             name: "EVENTS",
             source: Box::new(source),
         })?;
         // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd holds it, and
         // `as_raw_fd` always returns that same fd.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|error| SensorError::Poll(error.into()))?;
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|error| SensorError::Poll(error.into()))?;
         let reader = RecordReader {
             ring,
             decode_errors: 0,

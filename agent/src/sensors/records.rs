@@ -230,7 +230,11 @@ mod tests {
 
     #[test]
     fn keeps_empty_arguments_and_a_cut_last_argument() {
-        let raw = exec_record(b"/bin/echo", b"echo\0\0abc", shared::EXEC_FLAG_ARGV_TRUNCATED);
+        let raw = exec_record(
+            b"/bin/echo",
+            b"echo\0\0abc",
+            shared::EXEC_FLAG_ARGV_TRUNCATED,
+        );
         let KernelRecord::Exec(exec) = KernelRecord::decode(&as_bytes(&raw)).unwrap() else {
             panic!("not an exec");
         };
@@ -276,7 +280,10 @@ mod tests {
         let bytes = as_bytes(&raw);
         for len in [0, 3, 4, 100, bytes.len() - 1] {
             assert!(
-                matches!(KernelRecord::decode(&bytes[..len]), Err(DecodeError::TooShort { .. })),
+                matches!(
+                    KernelRecord::decode(&bytes[..len]),
+                    Err(DecodeError::TooShort { .. })
+                ),
                 "length {len} decoded"
             );
         }

@@ -1,0 +1,558 @@
+//! The gRPC server: the `Custos` service over the hub, served on a unix socket (always) and a
+//! TCP address (optional; plain for now, TLS comes later).
+//!
+//! The unix socket is the agent's front door, so it is created carefully:
+//! - its directory is created with mode 0700 when missing (an existing one is left as it is);
+//! - an existing path is handled without guessing: a socket something answers on means another
+//!   agent runs ("another agent is already listening on PATH"); a socket nobody answers on is a
+//!   leftover of a crash and is removed; anything else (a file, a directory, a link) is an error
+//!   naming what it is, and is never deleted;
+//! - the socket is bound inside a fresh 0700 directory next to its final path, set to 0600 and
+//!   only then hard-linked into place (`link` fails rather than replace a path that appeared in
+//!   the meantime), so there is no moment at which anyone else could connect;
+//! - on shutdown the socket file is removed, but only if it still is the one this server made.
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{Stream, StreamExt as _};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::{TcpIncoming, UdsConnectInfo};
+use tonic::{Request, Response, Status};
+
+use super::filter::EventFilter;
+use super::hub::EventHub;
+use super::proto;
+use super::proto::custos_server::{Custos, CustosServer};
+
+/// Produces the agent's status for `GetStatus`. The server fills in `subscribers` and
+/// `subscriber_lagged_events` from the hub itself.
+pub type StatusProvider = Arc<dyn Fn() -> proto::AgentStatus + Send + Sync>;
+
+/// How long connections get to finish after the shutdown signal before they are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Mode of the unix socket file.
+pub const SOCKET_MODE: u32 = 0o600;
+/// Mode of the socket's directory when the server creates it.
+pub const SOCKET_DIR_MODE: u32 = 0o700;
+
+/// The `Custos` gRPC service over an [`EventHub`].
+#[derive(Clone)]
+pub struct CustosService {
+    hub: EventHub,
+    status: StatusProvider,
+    /// Becomes true when the server stops; ends every subscription stream.
+    stopping: watch::Receiver<bool>,
+}
+
+impl CustosService {
+    /// A service whose subscription streams end when `stopping` becomes true (or its sender
+    /// is dropped).
+    pub fn new(hub: EventHub, status: StatusProvider, stopping: watch::Receiver<bool>) -> Self {
+        Self {
+            hub,
+            status,
+            stopping,
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Custos for CustosService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = describe_peer(&request);
+        let wire = request.into_inner().filter.unwrap_or_default();
+        let filter = EventFilter::try_from_proto(&wire).map_err(|error| {
+            tracing::debug!(%peer, %error, "rejected a subscription");
+            Status::invalid_argument(format!("invalid filter: {error}"))
+        })?;
+        let subscription = self.hub.subscribe(filter);
+        tracing::info!(subscriber = subscription.id(), %peer, filter = ?wire, "subscriber connected");
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            // Err: the server is gone, which also ends the stream.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
+        let stream = subscription
+            .map(|event| Ok(proto::Event::clone(&event)))
+            .take_until(stopped);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::AgentStatus>, Status> {
+        let mut status = (self.status)();
+        let stats = self.hub.stats();
+        status.subscribers = u32::try_from(stats.subscribers).unwrap_or(u32::MAX);
+        status.subscriber_lagged_events = stats.lagged_events;
+        Ok(Response::new(status))
+    }
+}
+
+fn describe_peer<T>(request: &Request<T>) -> String {
+    if let Some(addr) = request.remote_addr() {
+        return addr.to_string();
+    }
+    match request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+    {
+        Some(cred) => match cred.pid() {
+            Some(pid) => format!("unix(uid={}, pid={pid})", cred.uid()),
+            None => format!("unix(uid={})", cred.uid()),
+        },
+        None => "unix".to_owned(),
+    }
+}
+
+/// Why the unix socket could not be set up. Paths are named in every message.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("another agent is already listening on {}", path.display())]
+    AlreadyListening { path: PathBuf },
+    #[error(
+        "{} exists and is {kind}, not a socket; leaving it alone (remove it or choose another \
+         socket path)",
+        path.display()
+    )]
+    NotASocket { path: PathBuf, kind: &'static str },
+    #[error("cannot check the existing socket {}", path.display())]
+    Probe {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove the stale socket {}", path.display())]
+    RemoveStale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the socket directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("socket path {} has no file name", path.display())]
+    NoFileName { path: PathBuf },
+    #[error(
+        "socket path {} is too long: {len} bytes while binding, unix sockets allow at most {max}",
+        path.display()
+    )]
+    TooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
+    #[error("cannot bind the socket {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} appeared while the agent was creating its socket there", path.display())]
+    Raced { path: PathBuf },
+}
+
+/// Longest path `bind` accepts (`sun_path` is 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A bound, listening unix socket whose file is removed when this is dropped (if it still is
+/// the same file).
+#[derive(Debug)]
+pub struct UnixSocket {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
+impl UnixSocket {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// The listener and the guard that removes the socket file when dropped.
+    pub fn into_parts(self) -> (UnixListener, SocketFile) {
+        (self.listener, self.file)
+    }
+}
+
+/// Removes the socket file when dropped, if the path still names the inode that was bound.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                match std::fs::remove_file(&self.path) {
+                    Ok(()) => tracing::debug!(path = %self.path.display(), "removed the socket"),
+                    Err(error) => tracing::warn!(
+                        path = %self.path.display(),
+                        %error,
+                        "cannot remove the socket"
+                    ),
+                }
+            }
+            Ok(_) => tracing::warn!(
+                path = %self.path.display(),
+                "the socket path was replaced by something else; leaving it"
+            ),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "cannot check the socket")
+            }
+        }
+    }
+}
+
+/// Creates, binds and listens on the unix socket at `path` with mode 0600 (see the module
+/// documentation for how an existing path is treated). Must run inside a tokio runtime.
+pub async fn bind_unix_socket(path: &Path) -> Result<UnixSocket, SocketError> {
+    let name = path.file_name().ok_or_else(|| SocketError::NoFileName {
+        path: path.to_owned(),
+    })?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SocketError::TooLong {
+            path: path.to_owned(),
+            len: path.as_os_str().len(),
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(SOCKET_DIR_MODE)
+            .create(parent)
+            .map_err(|source| SocketError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
+        tracing::debug!(path = %parent.display(), "created the socket directory");
+    }
+    clear_existing(path).await?;
+
+    let private = PrivateDir::create(parent, name).map_err(|source| SocketError::CreateDir {
+        path: parent.to_owned(),
+        source,
+    })?;
+    let staging = private.path.join("s");
+    if staging.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SocketError::TooLong {
+            path: path.to_owned(),
+            len: staging.as_os_str().len(),
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    let bind_error = |source| SocketError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(&staging).map_err(bind_error)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(bind_error)?;
+    // `link` never replaces an existing path, unlike `rename`.
+    match std::fs::hard_link(&staging, path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(SocketError::Raced {
+                path: path.to_owned(),
+            });
+        }
+        Err(error) => return Err(bind_error(error)),
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(bind_error)?;
+    let file = SocketFile {
+        path: path.to_owned(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    drop(private);
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let listener = UnixListener::from_std(listener).map_err(bind_error)?;
+    Ok(UnixSocket { listener, file })
+}
+
+/// Makes `path` free for a new socket, or says why it cannot be.
+async fn clear_existing(path: &Path) -> Result<(), SocketError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(SocketError::Probe {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let file_type = meta.file_type();
+    if !file_type.is_socket() {
+        return Err(SocketError::NotASocket {
+            path: path.to_owned(),
+            kind: describe_file_type(file_type),
+        });
+    }
+    // A busy listener (full backlog) may not accept at once: that still is a live agent.
+    let probe = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::UnixStream::connect(path),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) | Err(_) => Err(SocketError::AlreadyListening {
+            path: path.to_owned(),
+        }),
+        Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+            Err(SocketError::AlreadyListening {
+                path: path.to_owned(),
+            })
+        }
+        Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SocketError::RemoveStale {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+            tracing::warn!(
+                path = %path.display(),
+                "removed a stale socket (nothing listening on it; left by an agent that did not \
+                 stop cleanly?)"
+            );
+            Ok(())
+        }
+        // Removed between the look and the connect.
+        Ok(Err(error)) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(Err(source)) => Err(SocketError::Probe {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn describe_file_type(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_file() {
+        "a regular file"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_fifo() {
+        "a named pipe"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else {
+        "not a socket"
+    }
+}
+
+/// A fresh mode-0700 directory beside the socket, removed with its contents when dropped.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create(parent: &Path, name: &std::ffi::OsStr) -> io::Result<Self> {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut last_error = None;
+        for attempt in 0u64..16 {
+            // A random-enough short name: RandomState is seeded per process and per call.
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write(name.as_encoded_bytes());
+            hasher.write_u64(attempt);
+            hasher.write_u32(std::process::id());
+            let path = parent.join(format!(".custos-{:08x}", hasher.finish() as u32));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "cannot remove a temporary directory");
+        }
+    }
+}
+
+/// The gRPC API, bound and ready to serve. Binding first lets the daemon fail early and lets
+/// callers (tests) know when clients can connect.
+pub struct ApiServer {
+    hub: EventHub,
+    status: StatusProvider,
+    unix: UnixSocket,
+    tcp: Option<TcpListener>,
+}
+
+impl ApiServer {
+    /// Binds the unix socket at `unix_path` and, if given, the TCP address.
+    pub async fn bind(
+        hub: EventHub,
+        status: StatusProvider,
+        unix_path: &Path,
+        tcp_addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let unix = bind_unix_socket(unix_path).await?;
+        let tcp = match tcp_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on TCP {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            hub,
+            status,
+            unix,
+            tcp,
+        })
+    }
+
+    /// Path of the unix socket.
+    pub fn unix_path(&self) -> &Path {
+        self.unix.path()
+    }
+
+    /// Address the TCP listener is bound to (with the actual port when 0 was asked for).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes, then ends every subscription stream, lets
+    /// connections finish (at most [`SHUTDOWN_GRACE`]) and removes the socket file.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let service = CustosService::new(self.hub, self.status, stop_rx.clone());
+        let (listener, socket_file) = self.unix.into_parts();
+        let unix_path = socket_file.path.clone();
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        tracing::info!(path = %unix_path.display(), "gRPC API listening on the unix socket");
+        let unix_server = tonic::transport::Server::builder()
+            .add_service(CustosServer::new(service.clone()))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        let unix_server = {
+            let unix_path = unix_path.clone();
+            async move {
+                unix_server
+                    .await
+                    .with_context(|| format!("serving gRPC on {}", unix_path.display()))
+            }
+        };
+        let tcp_server = self.tcp.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::warn!(
+                ?addr,
+                "gRPC API listening on TCP without TLS or authentication: anyone who can reach \
+                 this address can read every event"
+            );
+            let server = tonic::transport::Server::builder()
+                .add_service(CustosServer::new(service.clone()))
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped(stop_rx.clone()),
+                );
+            async move {
+                server
+                    .await
+                    .with_context(|| format!("serving gRPC on TCP {addr:?}"))
+            }
+        });
+        let servers = async {
+            match tcp_server {
+                Some(tcp_server) => tokio::try_join!(unix_server, tcp_server).map(|_| ()),
+                None => unix_server.await,
+            }
+        };
+        let mut servers = std::pin::pin!(servers);
+        let result = tokio::select! {
+            result = &mut servers => {
+                // A server ended by itself: an error; stop the other one too.
+                stop_tx.send_replace(true);
+                result
+            }
+            () = shutdown => {
+                tracing::info!("gRPC API stopping");
+                stop_tx.send_replace(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace = ?SHUTDOWN_GRACE,
+                            "gRPC connections did not finish in time; closing them"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
+        drop(socket_file);
+        tracing::info!("gRPC API stopped");
+        result
+    }
+}
+
+/// Binds and serves the gRPC API until `shutdown` completes: [`ApiServer::bind`] then
+/// [`ApiServer::serve`].
+pub async fn serve(
+    hub: EventHub,
+    status: StatusProvider,
+    unix_path: &Path,
+    tcp_addr: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    ApiServer::bind(hub, status, unix_path, tcp_addr)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

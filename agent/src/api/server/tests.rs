@@ -1,0 +1,487 @@
+//! Real gRPC over a real unix socket in a temporary directory; no root needed.
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::codec::Streaming;
+
+use super::*;
+use crate::client::connect_unix;
+
+const WAIT: Duration = Duration::from_secs(10);
+const ID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
+}
+
+fn status_provider() -> StatusProvider {
+    Arc::new(|| proto::AgentStatus {
+        version: "test".to_owned(),
+        node: "node-1".to_owned(),
+        ..Default::default()
+    })
+}
+
+struct Running {
+    hub: EventHub,
+    path: PathBuf,
+    tcp: Option<SocketAddr>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(path: &Path) -> Self {
+        Self::start_with_tcp(path, None).await
+    }
+
+    async fn start_with_tcp(path: &Path, tcp: Option<SocketAddr>) -> Self {
+        let hub = EventHub::new(64);
+        let server = ApiServer::bind(hub.clone(), status_provider(), path, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("bind {}: {e:#}", path.display()));
+        assert_eq!(server.unix_path(), path);
+        let tcp = server.tcp_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            hub,
+            path: path.to_owned(),
+            tcp,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        within("the server to stop", self.task)
+            .await
+            .expect("server task panicked")
+            .expect("server failed");
+    }
+}
+
+fn workload(namespace: &str, pod: &str) -> proto::Workload {
+    proto::Workload {
+        host: false,
+        container_id: ID_A.to_owned(),
+        runtime: "containerd".to_owned(),
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+        container: "main".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn exec(pid: u32, workload: proto::Workload) -> proto::Event {
+    proto::Event {
+        time_unix_nano: 1_795_622_400_000_000_000 + u64::from(pid),
+        node: "node-1".to_owned(),
+        workload: Some(workload),
+        process: Some(proto::Process {
+            pid,
+            tid: pid,
+            ppid: 1,
+            comm: "cat".to_owned(),
+            ..Default::default()
+        }),
+        body: Some(proto::event::Body::Exec(proto::ExecEvent {
+            path: "/bin/cat".to_owned(),
+            argv: vec!["cat".to_owned(), "/etc/hostname".to_owned()],
+            ..Default::default()
+        })),
+    }
+}
+
+fn exit(pid: u32, workload: proto::Workload) -> proto::Event {
+    proto::Event {
+        body: Some(proto::event::Body::Exit(proto::ExitEvent {
+            exit_code: 0,
+            signal: 0,
+        })),
+        ..exec(pid, workload)
+    }
+}
+
+fn host() -> proto::Workload {
+    proto::Workload {
+        host: true,
+        ..Default::default()
+    }
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn subscribe(
+    path: &Path,
+    filter: proto::EventFilter,
+) -> Result<Streaming<proto::Event>, Status> {
+    let mut client = connect_unix(path).await.expect("connect");
+    client
+        .subscribe(proto::SubscribeRequest {
+            filter: Some(filter),
+        })
+        .await
+        .map(Response::into_inner)
+}
+
+async fn next(stream: &mut Streaming<proto::Event>) -> proto::Event {
+    within("an event", stream.message())
+        .await
+        .expect("stream failed")
+        .expect("stream ended")
+}
+
+/// All remaining events until the server ends the stream.
+async fn drain(stream: &mut Streaming<proto::Event>) -> Vec<proto::Event> {
+    let mut events = Vec::new();
+    while let Some(event) = within("the end of the stream", stream.message())
+        .await
+        .expect("stream failed")
+    {
+        events.push(event);
+    }
+    events
+}
+
+fn publish(hub: &EventHub, events: &[proto::Event]) {
+    for event in events {
+        hub.publish(Arc::new(event.clone()));
+    }
+}
+
+#[tokio::test]
+async fn subscribe_with_a_filter_receives_matching_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(&dir.path().join("custos.sock")).await;
+    let mut stream = subscribe(
+        &server.path,
+        proto::EventFilter {
+            namespaces: strings(&["qa"]),
+            kinds: strings(&["exec"]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The subscription exists once the response headers are in.
+    assert_eq!(server.hub.subscriber_count(), 1);
+
+    let events = [
+        exec(1, workload("qa", "web-1")),
+        exec(2, workload("prod", "web-1")),
+        exit(3, workload("qa", "web-1")),
+        exec(4, host()),
+        exec(5, workload("qa", "web-2")),
+    ];
+    publish(&server.hub, &events);
+    assert_eq!(next(&mut stream).await, events[0]);
+    assert_eq!(next(&mut stream).await, events[4]);
+    server.stop().await;
+    assert_eq!(drain(&mut stream).await, []);
+}
+
+#[tokio::test]
+async fn invalid_filters_are_rejected_with_a_precise_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(&dir.path().join("custos.sock")).await;
+
+    let status = subscribe(
+        &server.path,
+        proto::EventFilter {
+            kinds: strings(&["exec", "open"]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        r#"invalid filter: unknown event kind "open"; valid kinds: exec, exit"#
+    );
+
+    let status = subscribe(
+        &server.path,
+        proto::EventFilter {
+            container_ids: strings(&["abc"]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(r#"invalid container id "abc""#),
+        "{}",
+        status.message()
+    );
+    assert_eq!(server.hub.subscriber_count(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_subscribers_each_get_exactly_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(&dir.path().join("custos.sock")).await;
+    let mut web1 = subscribe(
+        &server.path,
+        proto::EventFilter {
+            pods: strings(&["web-1"]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut host_exits = subscribe(
+        &server.path,
+        proto::EventFilter {
+            host_only: true,
+            kinds: strings(&["exit"]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.hub.subscriber_count(), 2);
+
+    let events = [
+        exec(1, workload("qa", "web-1")),
+        exit(2, host()),
+        exec(3, host()),
+        exit(4, workload("qa", "web-1")),
+        exec(5, workload("qa", "web-2")),
+        exit(6, host()),
+    ];
+    publish(&server.hub, &events);
+    // Wait for the last expected event of each, then stop: the streams end, and whatever
+    // else they would have carried shows up in `drain`.
+    let mut got_web1 = vec![next(&mut web1).await, next(&mut web1).await];
+    let mut got_host = vec![next(&mut host_exits).await, next(&mut host_exits).await];
+    server.stop().await;
+    got_web1.extend(drain(&mut web1).await);
+    got_host.extend(drain(&mut host_exits).await);
+    assert_eq!(got_web1, [events[0].clone(), events[3].clone()]);
+    assert_eq!(got_host, [events[1].clone(), events[5].clone()]);
+}
+
+#[tokio::test]
+async fn reconnecting_subscriber_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(&dir.path().join("custos.sock")).await;
+    let mut client = connect_unix(&server.path).await.unwrap();
+
+    for round in 0..3 {
+        let stream = subscribe(&server.path, proto::EventFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(server.hub.subscriber_count(), 1, "round {round}");
+        let status = client
+            .get_status(proto::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.subscribers, 1, "round {round}");
+        // The client goes away.
+        drop(stream);
+        within(
+            "the subscriber to be removed",
+            server.hub.wait_for_subscribers(|n| *n == 0),
+        )
+        .await;
+        // Events published with nobody listening go nowhere, without error.
+        publish(&server.hub, &[exec(round, host())]);
+    }
+
+    let mut stream = subscribe(&server.path, proto::EventFilter::default())
+        .await
+        .unwrap();
+    let event = exec(99, host());
+    publish(&server.hub, std::slice::from_ref(&event));
+    assert_eq!(next(&mut stream).await, event);
+    let status = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.subscribers, 1);
+    assert_eq!(status.subscriber_lagged_events, 0);
+    assert_eq!(status.version, "test");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn get_status_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start_with_tcp(
+        &dir.path().join("custos.sock"),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await;
+    let addr = server.tcp.expect("TCP address");
+    let mut client = proto::custos_client::CustosClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let status = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.node, "node-1");
+    assert_eq!(status.subscribers, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn socket_is_private_and_removed_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("run").join("custos");
+    let path = parent.join("custos.sock");
+    let server = Running::start(&path).await;
+
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    for created in [dir.path().join("run"), parent.clone()] {
+        let mode = std::fs::metadata(&created).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{}", created.display());
+    }
+    // Nothing but the socket is left beside it (the private bind directory is gone).
+    let entries: Vec<_> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, [std::ffi::OsString::from("custos.sock")]);
+
+    server.stop().await;
+    assert!(!path.exists(), "socket left behind after shutdown");
+}
+
+#[tokio::test]
+async fn existing_live_socket_is_another_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custos.sock");
+    let first = Running::start(&path).await;
+
+    let error = ApiServer::bind(EventHub::new(1), status_provider(), &path, None)
+        .await
+        .err()
+        .expect("a second agent must not bind");
+    assert_eq!(
+        error.to_string(),
+        format!("another agent is already listening on {}", path.display())
+    );
+    assert!(matches!(
+        error.downcast_ref::<SocketError>(),
+        Some(SocketError::AlreadyListening { .. })
+    ));
+
+    // The first agent is unaffected.
+    let mut client = connect_unix(&path).await.unwrap();
+    client.get_status(proto::GetStatusRequest {}).await.unwrap();
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custos.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+
+    let server = Running::start(&path).await;
+    let mut client = connect_unix(&path).await.unwrap();
+    client.get_status(proto::GetStatusRequest {}).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn other_files_at_the_socket_path_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, "keep me").unwrap();
+    let directory = dir.path().join("dir.sock");
+    std::fs::create_dir(&directory).unwrap();
+    std::fs::write(directory.join("inside"), "keep me too").unwrap();
+    let link = dir.path().join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+
+    for (path, kind) in [
+        (&file, "a regular file"),
+        (&directory, "a directory"),
+        (&link, "a symbolic link"),
+    ] {
+        let error = ApiServer::bind(EventHub::new(1), status_provider(), path, None)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("bound over {kind}"));
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{} exists and is {kind}, not a socket",
+                path.display()
+            )),
+            "{message}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(directory.join("inside")).unwrap(),
+        "keep me too"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // No temporary directories were left behind either.
+    let mut entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["dir.sock", "file.sock", "link.sock"]);
+}
+
+#[tokio::test]
+async fn socket_file_is_not_removed_if_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custos.sock");
+    let server = Running::start(&path).await;
+    // Someone replaces the socket while the server runs; the server must not delete theirs.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "not ours").unwrap();
+    server.stop().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not ours");
+}
+
+#[tokio::test]
+async fn too_long_socket_path_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x".repeat(120));
+    let error = bind_unix_socket(&path).await.unwrap_err();
+    assert!(matches!(error, SocketError::TooLong { .. }), "{error}");
+    assert!(error.to_string().contains("too long"), "{error}");
+}
