@@ -389,3 +389,25 @@ async fn integration_real_containerd() {
     })
     .await;
 }
+
+/// With no containerd at all the registry still starts and attributes (host here).
+#[tokio::test]
+async fn start_without_containerd() {
+    let mount = match cgroup::discover_cgroup2_mount() {
+        Ok(mount) => mount,
+        Err(error) => {
+            eprintln!("\n*** skipping start_without_containerd: {error} ***\n");
+            return;
+        }
+    };
+    let registry = ContainerRegistry::start(PathBuf::from("/nonexistent/containerd.sock"))
+        .await
+        .expect("start without containerd");
+    assert!(!registry.containerd().is_connected());
+    let own_path = cgroup_of("self");
+    let own = registry
+        .workload_for_cgroup(cgroup_id_of(&mount.mount_point, &own_path))
+        .await;
+    assert!(own.host, "{own:?}");
+    assert_eq!(own.cgroup_path, own_path);
+}
