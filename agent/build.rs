@@ -19,6 +19,20 @@ fn build_proto() -> anyhow::Result<()> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // `custos events -o json` prints the messages as they are (see agent/src/output.rs).
+        .type_attribute(".custos.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".custos.v1.Event.body",
+            "#[serde(rename_all = \"snake_case\")]",
+        )
+        .field_attribute(
+            ".custos.v1.FileOpenEvent.access",
+            "#[serde(serialize_with = \"crate::output::file_access_name\")]",
+        )
+        .field_attribute(
+            ".custos.v1.NetworkEvent.operation",
+            "#[serde(serialize_with = \"crate::output::network_operation_name\")]",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)

@@ -114,6 +114,17 @@ async fn container_execs_reach_a_subscriber_attributed_to_their_pod_and_host_exe
         "cat ({cat_process:?}) is not a child of sh ({sh_process:?})"
     );
 
+    // Ancestry: the nearest ancestor is the parent, and the chain reaches into the host
+    // (containerd's shim started the container).
+    let ancestors = &cat_process.ancestors;
+    assert!(!ancestors.is_empty(), "no ancestry: {cat:#?}");
+    assert_eq!(ancestors[0].pid, cat_process.ppid, "{cat:#?}");
+    assert!(
+        ancestors.iter().any(|a| a.exe.contains("containerd-shim")),
+        "ancestry does not reach the shim: {ancestors:#?}"
+    );
+    assert_eq!(cat_process.exe, "/bin/cat");
+
     let host = events
         .iter()
         .find(|e| exec_of(e).is_some_and(|x| x.argv.contains(&host_marker)))

@@ -23,6 +23,12 @@ pub const COMM_LEN: usize = 16;
 pub enum EventKind {
     Exec = 1,
     Exit = 2,
+    Fork = 3,
+    FileOpen = 4,
+    Connect = 5,
+    Listen = 6,
+    Accept = 7,
+    SyscallFirstUse = 8,
 }
 
 impl EventKind {
@@ -30,10 +36,20 @@ impl EventKind {
         match value {
             1 => Some(Self::Exec),
             2 => Some(Self::Exit),
+            3 => Some(Self::Fork),
+            4 => Some(Self::FileOpen),
+            5 => Some(Self::Connect),
+            6 => Some(Self::Listen),
+            7 => Some(Self::Accept),
+            8 => Some(Self::SyscallFirstUse),
             _ => None,
         }
     }
 }
+
+pub mod file;
+pub mod net;
+pub mod syscall;
 
 /// `ExecRecord::flags`: the argument vector was cut (too many or too long arguments).
 pub const EXEC_FLAG_ARGV_TRUNCATED: u32 = 1 << 0;
@@ -71,6 +87,16 @@ pub struct ExecRecord {
     pub args: ExecArgs,
 }
 
+/// A new process (not a thread), sent from `sched_process_fork` in the parent's context: the
+/// header is the parent's, `child_pid` the new process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkRecord {
+    pub header: RecordHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
 /// A process (thread group) ended, sent from `sched_process_exit` for the group leader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -103,16 +129,51 @@ pub struct ExecArgs {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug)]
 pub enum Counter {
-    /// Records written to the event ring buffer.
+    /// Records written to the process ring buffer (`EVENTS`: exec, exit, fork).
     EventsSent = 0,
-    /// Records lost because the event ring buffer was full.
+    /// Records lost because the process ring buffer was full.
     EventsDropped = 1,
     /// Execs whose arguments could not be kept (pending map full).
     PendingExecDropped = 2,
+    /// Records written to the activity ring buffer (`ACTIVITY`: files, network, syscalls).
+    ActivitySent = 3,
+    /// Records lost because the activity ring buffer was full.
+    ActivityDropped = 4,
+    /// Actions not sent because an identical one from the same cgroup was sent recently.
+    RepeatsSuppressed = 5,
+    /// File opens whose arguments could not be kept between syscall entry and exit.
+    PendingOpenDropped = 6,
+    /// Network calls whose arguments could not be kept between syscall entry and exit.
+    PendingNetDropped = 7,
+    /// Syscall first uses not recorded because the per-cgroup bitmap map was full.
+    SyscallSetsFull = 8,
 }
 
-/// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 4;
+/// Number of slots in the `COUNTERS` map (room to grow without changing its size).
+pub const COUNTER_SLOTS: u32 = 16;
+
+/// Key of the `RECENT` LRU map that suppresses repeated identical actions of one cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepeatKey {
+    pub cgroup_id: u64,
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    pub _pad: u32,
+    /// What makes two actions identical, reduced by the probe (e.g. device + inode + flags
+    /// for a successful open, a hash of the path for a failed one).
+    pub what: u64,
+}
+
+/// Value of the `RECENT` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RepeatState {
+    /// When the action was last sent (boot ns).
+    pub sent_ns: u64,
+    /// Identical actions suppressed since then.
+    pub suppressed: u64,
+}
 
 /// Byte offsets of kernel struct fields, read from the running kernel's BTF by user space and
 /// written into the programs before load, so one object works on many kernels.
@@ -125,7 +186,12 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     /// `task_struct.exit_code`
     pub task_exit_code: u32,
-    pub _pad: u32,
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    // --- file sensor offsets (paths, fds): add below, keep the count of u32s even ---
+    // --- end of file sensor offsets ---
+    // --- network sensor offsets (sockets): add below, keep the count of u32s even ---
+    // --- end of network sensor offsets ---
 }
 
 /// Settings written into the programs before load.
@@ -134,7 +200,12 @@ pub struct KernelOffsets {
 pub struct ProbeConfig {
     /// Process id of the agent itself, whose actions are never reported.
     pub agent_pid: u32,
-    pub _pad: u32,
+    /// 1: trace file, network and syscall activity of host processes too; 0: containers only
+    /// (cgroups user space put in `TRACED_CGROUPS`).
+    pub trace_host: u32,
+    /// An identical action of the same cgroup is sent again at most once per window; the
+    /// repeats in between are counted in the next one sent.
+    pub repeat_window_ns: u64,
     pub offsets: KernelOffsets,
 }
 
@@ -145,4 +216,6 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ExecArgs {}
+    unsafe impl aya::Pod for super::RepeatKey {}
+    unsafe impl aya::Pod for super::RepeatState {}
 }

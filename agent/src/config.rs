@@ -15,7 +15,15 @@ pub struct Config {
     pub api: ApiConfig,
     pub state_dir: PathBuf,
     pub containerd: ContainerdConfig,
+    pub sensors: SensorsConfig,
     pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SensorsConfig {
+    pub trace_host: bool,
+    pub repeat_window_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -3,7 +3,7 @@
 //!
 //! Cheap checks of the operator's input (configuration, state dir, socket path) come before
 //! loading anything into the kernel, so a typo never leaves probes behind or half a daemon.
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,7 +19,8 @@ use crate::{
     config::Config,
     containers::ContainerRegistry,
     pipeline::{self, BootClock, Enricher},
-    sensors::Sensors,
+    processes::ProcessTable,
+    sensors::{KernelCounters, SensorOptions, Sensors, TracedCgroups},
 };
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -29,7 +30,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let node = node_name();
 
     let hub = EventHub::new(config.events.subscriber_queue);
-    let sensors: Arc<std::sync::Mutex<Option<Sensors>>> = Arc::default();
+    let sensors: SharedSensors = Arc::default();
     let api = ApiServer::bind(
         hub.clone(),
         status_provider(node.clone(), Arc::clone(&sensors)),
@@ -38,18 +39,43 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    let (loaded, reader) =
-        Sensors::load(std::process::id()).context("starting the kernel sensors")?;
+    // The process table is read from /proc before the sensors attach: a process that starts
+    // in between is in both, which is harmless; the other order would miss it.
+    let processes = Arc::new(ProcessTable::from_proc());
+    let (loaded, readers, traced) = Sensors::load(SensorOptions {
+        agent_pid: std::process::id(),
+        trace_host: config.sensors.trace_host,
+        repeat_window: Duration::from_millis(config.sensors.repeat_window_ms),
+    })
+    .context("starting the kernel sensors")?;
     *sensors
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(loaded);
+    let traced = Arc::new(traced);
     let containers = ContainerRegistry::start(config.containerd.socket.clone()).await?;
-    let enricher = Enricher {
+    trace_running_containers(&containers, &traced);
+    let clock = BootClock::now();
+    let enricher = Arc::new(Enricher {
         node: node.clone(),
-        clock: BootClock::now(),
+        clock,
         containers,
-    };
-    let pipeline = tokio::spawn(pipeline::run(reader, enricher, hub));
+        processes,
+        traced: Some(traced),
+    });
+    let tasks = [
+        tokio::spawn(pipeline::run(
+            readers.process,
+            Arc::clone(&enricher),
+            hub.clone(),
+        )),
+        tokio::spawn(pipeline::run(readers.activity, enricher, hub.clone())),
+        tokio::spawn(pipeline::report_drops(
+            kernel_counters(Arc::clone(&sensors)),
+            node.clone(),
+            clock,
+            hub,
+        )),
+    ];
 
     info!(
         node,
@@ -67,7 +93,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     let result = api.serve(shutdown_signal()).await;
-    pipeline.abort();
+    for task in tasks {
+        task.abort();
+    }
     if let Err(error) = &result {
         error!("gRPC API failed: {error:#}");
     }
@@ -103,29 +131,52 @@ fn node_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn status_provider(
-    node: String,
-    sensors: Arc<std::sync::Mutex<Option<Sensors>>>,
-) -> StatusProvider {
-    Arc::new(move || {
-        let counters = sensors
+type SharedSensors = Arc<std::sync::Mutex<Option<Sensors>>>;
+
+/// Reads the kernel counters; `None` until the sensors are loaded.
+fn kernel_counters(sensors: SharedSensors) -> impl Fn() -> Option<KernelCounters> {
+    move || {
+        sensors
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
-            .and_then(|sensors| sensors.counters().ok());
+            .and_then(|sensors| sensors.counters().ok())
+    }
+}
+
+/// Containers already running when the agent starts have their activity traced at once
+/// (new ones are traced from their first event).
+fn trace_running_containers(containers: &ContainerRegistry, traced: &TracedCgroups) {
+    for cgroup_id in containers.cgroups().container_cgroup_ids() {
+        traced.trace(cgroup_id);
+    }
+}
+
+fn status_provider(node: String, sensors: SharedSensors) -> StatusProvider {
+    let counters = kernel_counters(sensors);
+    Arc::new(move || {
+        let counters = counters();
         let ring_buffers = counters
             .map(|counters| {
-                vec![proto::RingBufferStats {
-                    name: "events".into(),
-                    events: counters.events_sent,
-                    drops: counters.events_dropped,
-                }]
+                vec![
+                    proto::RingBufferStats {
+                        name: "process".into(),
+                        events: counters.events_sent,
+                        drops: counters.events_dropped,
+                    },
+                    proto::RingBufferStats {
+                        name: "activity".into(),
+                        events: counters.activity_sent,
+                        drops: counters.activity_dropped,
+                    },
+                ]
             })
             .unwrap_or_default();
         proto::AgentStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             node: node.clone(),
             ring_buffers,
+            repeats_suppressed: counters.map_or(0, |c| c.repeats_suppressed),
             ..Default::default()
         }
     })

@@ -12,4 +12,5 @@ pub mod containers;
 pub mod daemon;
 pub mod output;
 pub mod pipeline;
+pub mod processes;
 pub mod sensors;

@@ -10,7 +10,10 @@
 //!  "workload":{"host":false,"container_id":"0123…","runtime":"containerd","namespace":"qa",
 //!              "pod":"web-1","container":"web","image":"nginx:1.27","cgroup_id":4242,
 //!              "cgroup_path":"/kubepods/…"},
-//!  "process":{"pid":123,"tid":123,"ppid":100,"uid":0,"gid":0,"comm":"cat"},
+//!  "process":{"pid":123,"tid":123,"ppid":100,"uid":0,"gid":0,"comm":"cat",
+//!             "exe":"/bin/busybox","argv":["cat","/etc/hostname"],
+//!             "ancestors":[{"pid":100,"exe":"/bin/busybox","argv":["sh"]}]},
+//!  "repeats_suppressed":0,
 //!  "exec":{"path":"/bin/cat","argv":["cat","/etc/hostname"],"argv_truncated":false,
 //!          "path_truncated":false}}
 //! ```
@@ -26,6 +29,7 @@
 //! the workload (`namespace/pod/container`, `host`, or `container:<short id>` for containers
 //! without pod labels), the kind and its details. Strings that come from the watched
 //! processes are escaped so that they cannot forge a line or a field.
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io;
 
@@ -75,116 +79,68 @@ struct JsonEvent<'a> {
     time_unix_nano: u64,
     node: &'a str,
     kind: &'static str,
-    workload: JsonWorkload<'a>,
-    process: JsonProcess<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exec: Option<JsonExec<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit: Option<JsonExit>,
-}
-
-#[derive(Serialize)]
-struct JsonWorkload<'a> {
-    host: bool,
-    container_id: &'a str,
-    runtime: &'a str,
-    namespace: &'a str,
-    pod: &'a str,
-    container: &'a str,
-    image: &'a str,
-    cgroup_id: u64,
-    cgroup_path: &'a str,
-}
-
-#[derive(Serialize)]
-struct JsonProcess<'a> {
-    pid: u32,
-    tid: u32,
-    ppid: u32,
-    uid: u32,
-    gid: u32,
-    comm: &'a str,
-}
-
-#[derive(Serialize)]
-struct JsonExec<'a> {
-    path: &'a str,
-    argv: &'a [String],
-    argv_truncated: bool,
-    path_truncated: bool,
-}
-
-#[derive(Serialize)]
-struct JsonExit {
-    exit_code: i32,
-    signal: i32,
+    workload: Cow<'a, proto::Workload>,
+    process: Cow<'a, proto::Process>,
+    repeats_suppressed: u64,
+    /// The kind's details, under the body's name (`"exec": {...}`, `"network": {...}`).
+    #[serde(flatten)]
+    body: Option<&'a proto::event::Body>,
 }
 
 impl<'a> From<&'a proto::Event> for JsonEvent<'a> {
     fn from(event: &'a proto::Event) -> Self {
         // An event without a workload is not attributed to a container: a host event.
-        let workload = match &event.workload {
-            Some(w) => JsonWorkload {
-                host: w.host,
-                container_id: &w.container_id,
-                runtime: &w.runtime,
-                namespace: &w.namespace,
-                pod: &w.pod,
-                container: &w.container,
-                image: &w.image,
-                cgroup_id: w.cgroup_id,
-                cgroup_path: &w.cgroup_path,
+        let workload = event.workload.as_ref().map_or_else(
+            || {
+                Cow::Owned(proto::Workload {
+                    host: true,
+                    ..Default::default()
+                })
             },
-            None => JsonWorkload {
-                host: true,
-                container_id: "",
-                runtime: "",
-                namespace: "",
-                pod: "",
-                container: "",
-                image: "",
-                cgroup_id: 0,
-                cgroup_path: "",
-            },
-        };
-        let process = event.process.as_ref();
-        let (exec, exit) = match &event.body {
-            Some(proto::event::Body::Exec(e)) => (
-                Some(JsonExec {
-                    path: &e.path,
-                    argv: &e.argv,
-                    argv_truncated: e.argv_truncated,
-                    path_truncated: e.path_truncated,
-                }),
-                None,
-            ),
-            Some(proto::event::Body::Exit(e)) => (
-                None,
-                Some(JsonExit {
-                    exit_code: e.exit_code,
-                    signal: e.signal,
-                }),
-            ),
-            None => (None, None),
-        };
+            Cow::Borrowed,
+        );
         JsonEvent {
             time: rfc3339_nanos(event.time_unix_nano),
             time_unix_nano: event.time_unix_nano,
             node: &event.node,
             kind: event_kind_name(event),
             workload,
-            process: JsonProcess {
-                pid: process.map_or(0, |p| p.pid),
-                tid: process.map_or(0, |p| p.tid),
-                ppid: process.map_or(0, |p| p.ppid),
-                uid: process.map_or(0, |p| p.uid),
-                gid: process.map_or(0, |p| p.gid),
-                comm: process.map_or("", |p| &p.comm),
-            },
-            exec,
-            exit,
+            process: event
+                .process
+                .as_ref()
+                .map_or_else(|| Cow::Owned(proto::Process::default()), Cow::Borrowed),
+            repeats_suppressed: event.repeats_suppressed,
+            body: event.body.as_ref(),
         }
     }
+}
+
+/// Serializes a `FileAccess` field by name (`"read"`, `"write"`, `"read_write"`).
+pub fn file_access_name<S: serde::Serializer>(
+    value: &i32,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let name = match proto::FileAccess::try_from(*value) {
+        Ok(proto::FileAccess::Read) => "read",
+        Ok(proto::FileAccess::Write) => "write",
+        Ok(proto::FileAccess::ReadWrite) => "read_write",
+        Ok(proto::FileAccess::Unspecified) | Err(_) => "unspecified",
+    };
+    serializer.serialize_str(name)
+}
+
+/// Serializes a `NetworkOperation` field by name (`"connect"`, `"listen"`, `"accept"`).
+pub fn network_operation_name<S: serde::Serializer>(
+    value: &i32,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let name = match proto::NetworkOperation::try_from(*value) {
+        Ok(proto::NetworkOperation::Connect) => "connect",
+        Ok(proto::NetworkOperation::Listen) => "listen",
+        Ok(proto::NetworkOperation::Accept) => "accept",
+        Ok(proto::NetworkOperation::Unspecified) | Err(_) => "unspecified",
+    };
+    serializer.serialize_str(name)
 }
 
 /// `event` as one short human line (see the module documentation), without a newline.
@@ -232,10 +188,55 @@ pub fn compact_line(event: &proto::Event) -> String {
                 let _ = write!(line, " code={}", exit.exit_code);
             }
         }
+        Some(proto::event::Body::Fork(fork)) => {
+            let _ = write!(line, " child={}", fork.child_pid);
+        }
+        Some(proto::event::Body::Open(open)) => {
+            line.push(' ');
+            push_word(&mut line, &open.path);
+            let access = match open.access() {
+                proto::FileAccess::Read => "r",
+                proto::FileAccess::Write => "w",
+                proto::FileAccess::ReadWrite => "rw",
+                proto::FileAccess::Unspecified => "?",
+            };
+            let _ = write!(line, " mode={access}");
+            if open.create {
+                line.push_str(",create");
+            }
+            if open.truncate {
+                line.push_str(",trunc");
+            }
+            let _ = write!(line, " result={}", open.result);
+        }
+        Some(proto::event::Body::Network(network)) => {
+            line.push(' ');
+            push_word(&mut line, &network.protocol);
+            line.push(' ');
+            push_word(&mut line, &network.address);
+            if network.port != 0 {
+                let _ = write!(line, " port={}", network.port);
+            }
+            let _ = write!(line, " result={}", network.result);
+        }
+        Some(proto::event::Body::Syscall(syscall)) => {
+            line.push(' ');
+            push_word(&mut line, &syscall.name);
+        }
+        Some(proto::event::Body::Drop(drop)) => {
+            let _ = write!(
+                line,
+                " ring={} dropped={} in={}ms",
+                drop.ring_buffer, drop.dropped, drop.interval_ms
+            );
+        }
         None => {
             line.push_str(" comm=");
             push_word(&mut line, &process.comm);
         }
+    }
+    if event.repeats_suppressed > 0 {
+        let _ = write!(line, " (+{} repeats)", event.repeats_suppressed);
     }
     line
 }
@@ -393,7 +394,15 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 comm: "cat".to_owned(),
+                exe: "/bin/busybox".to_owned(),
+                argv: vec!["cat".to_owned(), "/etc/hostname".to_owned()],
+                ancestors: vec![proto::Ancestor {
+                    pid: 100,
+                    exe: "/bin/busybox".to_owned(),
+                    argv: vec!["sh".to_owned()],
+                }],
             }),
+            repeats_suppressed: 0,
             body: Some(proto::event::Body::Exec(proto::ExecEvent {
                 path: "/bin/cat".to_owned(),
                 argv: vec!["cat".to_owned(), "/etc/hostname".to_owned()],
@@ -420,7 +429,9 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 comm: "cron".to_owned(),
+                ..Default::default()
             }),
+            repeats_suppressed: 0,
             body: Some(proto::event::Body::Exit(proto::ExitEvent {
                 exit_code,
                 signal,
@@ -489,7 +500,12 @@ mod tests {
                 "pod": "web-1", "container": "web", "image": "nginx:1.27", "cgroup_id": 4242,
                 "cgroup_path": "/kubepods/pod1/abc"
             },
-            "process": {"pid": 123, "tid": 123, "ppid": 100, "uid": 0, "gid": 0, "comm": "cat"},
+            "process": {
+                "pid": 123, "tid": 123, "ppid": 100, "uid": 0, "gid": 0, "comm": "cat",
+                "exe": "/bin/busybox", "argv": ["cat", "/etc/hostname"],
+                "ancestors": [{"pid": 100, "exe": "/bin/busybox", "argv": ["sh"]}]
+            },
+            "repeats_suppressed": 0,
             "exec": {
                 "path": "/bin/cat", "argv": ["cat", "/etc/hostname"], "argv_truncated": false,
                 "path_truncated": false

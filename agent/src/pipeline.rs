@@ -3,14 +3,18 @@
 //! Each record is turned into a `proto::Event`: wall-clock time, node, the workload (container
 //! and pod, or host) of its cgroup, and the process; exec paths are made absolute. Events are
 //! then published to the hub, which fans them out to subscribers without ever waiting on them.
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use tracing::{debug, warn};
 
 use crate::{
     api::{hub::EventHub, proto},
     containers::ContainerRegistry,
-    sensors::{ExecRecord, ExitRecord, KernelRecord, RecordHeader, RecordReader},
+    processes::ProcessTable,
+    sensors::{
+        ExecRecord, ExitRecord, KernelCounters, KernelRecord, RecordHeader, RecordReader,
+        TracedCgroups,
+    },
 };
 
 /// `AT_FDCWD`: execveat relative to the working directory (what execve does).
@@ -47,28 +51,55 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Turns kernel records into API events.
+/// Turns kernel records into API events: attribution, the process table, ancestry.
 pub struct Enricher {
     pub node: String,
     pub clock: BootClock,
     pub containers: Arc<ContainerRegistry>,
+    pub processes: Arc<ProcessTable>,
+    /// Containers found in events start having their activity traced.
+    pub traced: Option<Arc<TracedCgroups>>,
 }
 
 impl Enricher {
     pub async fn event(&self, record: KernelRecord) -> proto::Event {
         let header = record.header();
         let workload = self.containers.workload_for_cgroup(header.cgroup_id).await;
+        if let Some(traced) = &self.traced
+            && !workload.host
+            && !workload.container_id.is_empty()
+        {
+            traced.trace(header.cgroup_id);
+        }
         let time_unix_nano = self.clock.to_unix_nanos(header.boot_ns);
-        let process = process_of(header);
+        let mut process = process_of(header);
+        let boot_ns = header.boot_ns;
         let body = match record {
-            KernelRecord::Exec(exec) => proto::event::Body::Exec(exec_body(exec)),
-            KernelRecord::Exit(exit) => proto::event::Body::Exit(exit_body(&exit)),
+            KernelRecord::Exec(exec) => {
+                let body = exec_body(exec);
+                self.processes
+                    .exec(process.pid, process.ppid, &body.path, &body.argv);
+                proto::event::Body::Exec(body)
+            }
+            KernelRecord::Exit(exit) => {
+                self.processes.exit(process.pid, boot_ns);
+                proto::event::Body::Exit(exit_body(&exit))
+            }
+            KernelRecord::Fork(fork) => {
+                self.processes.fork(process.pid, fork.child_pid);
+                proto::event::Body::Fork(proto::ForkEvent {
+                    child_pid: fork.child_pid,
+                })
+            } // --- activity bodies: add arms below ---
+              // --- end of activity bodies ---
         };
+        self.processes.annotate(&mut process);
         proto::Event {
             time_unix_nano,
             node: self.node.clone(),
             workload: Some(workload),
             process: Some(process),
+            repeats_suppressed: 0,
             body: Some(body),
         }
     }
@@ -82,6 +113,7 @@ fn process_of(header: &RecordHeader) -> proto::Process {
         uid: header.uid,
         gid: header.gid,
         comm: header.comm.clone(),
+        ..Default::default()
     }
 }
 
@@ -140,18 +172,63 @@ pub fn normalize(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Reads records until the ring buffer fails, enriching and publishing each.
-pub async fn run(mut reader: RecordReader, enricher: Enricher, hub: EventHub) {
+/// Reads records from one ring buffer until it fails, enriching and publishing each.
+pub async fn run(mut reader: RecordReader, enricher: Arc<Enricher>, hub: EventHub) {
     let mut batch = Vec::with_capacity(256);
     loop {
         if let Err(error) = reader.read(&mut batch).await {
-            warn!(%error, "reading the event ring buffer failed; sensors stopped");
+            warn!(%error, "reading a ring buffer failed; its sensors stopped");
             return;
         }
         for record in batch.drain(..) {
             let event = enricher.event(record).await;
             hub.publish(Arc::new(event));
         }
+    }
+}
+
+/// How often lost records are reported (at most one drop event per ring buffer per interval).
+pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publishes a drop event whenever a ring buffer lost records during the last interval.
+/// `counters` reads the kernel's counters (None while the sensors are not loaded).
+pub async fn report_drops(
+    counters: impl Fn() -> Option<KernelCounters>,
+    node: String,
+    clock: BootClock,
+    hub: EventHub,
+) {
+    let mut ticker = tokio::time::interval(DROP_REPORT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = KernelCounters::default();
+    loop {
+        ticker.tick().await;
+        let Some(now) = counters() else { continue };
+        for (ring_buffer, before, after) in [
+            ("process", last.events_dropped, now.events_dropped),
+            ("activity", last.activity_dropped, now.activity_dropped),
+        ] {
+            if after > before {
+                warn!(
+                    ring_buffer,
+                    dropped = after - before,
+                    "kernel ring buffer full: records lost"
+                );
+                hub.publish(Arc::new(proto::Event {
+                    time_unix_nano: clock.to_unix_nanos(clock_ns(libc::CLOCK_BOOTTIME)),
+                    node: node.clone(),
+                    workload: None,
+                    process: None,
+                    repeats_suppressed: 0,
+                    body: Some(proto::event::Body::Drop(proto::DropEvent {
+                        ring_buffer: ring_buffer.into(),
+                        dropped: after - before,
+                        interval_ms: DROP_REPORT_INTERVAL.as_millis() as u64,
+                    })),
+                }));
+            }
+        }
+        last = now;
     }
 }
 

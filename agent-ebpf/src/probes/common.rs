@@ -7,38 +7,47 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use custos_ebpf::{
-    COMM_LEN, COUNTER_SLOTS, Counter, EventKind, KernelOffsets, ProbeConfig, RecordHeader,
+    COMM_LEN, COUNTER_SLOTS, Counter, EventKind, ProbeConfig, RecordHeader, RepeatKey, RepeatState,
 };
 
-/// Written by user space before load (`EbpfLoader::override_global`).
+/// Written by user space before load (`EbpfLoader::override_global`). All zero here; the
+/// offsets in particular are always filled from the running kernel's BTF.
 #[unsafe(no_mangle)]
-static CONFIG: ProbeConfig = ProbeConfig {
-    agent_pid: 0,
-    _pad: 0,
-    offsets: KernelOffsets {
-        task_real_parent: 0,
-        task_tgid: 0,
-        task_exit_code: 0,
-        _pad: 0,
-    },
-};
+static CONFIG: ProbeConfig = unsafe { core::mem::zeroed() };
 
-/// Every record for user space. 8 MiB holds ~1,700 exec records of burst.
+/// Process lifecycle records (exec, exit, fork). Kept apart from the high-volume activity so
+/// that a flood of file opens can never cost the process tree an exec. 8 MiB holds ~1,700 exec
+/// records of burst.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Activity records: file opens, network calls, syscall first uses.
+#[map]
+pub static ACTIVITY: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// cgroups whose activity is traced: the containers, inserted by user space as it learns of
+/// them. LRU: cgroups of containers long gone age out without user space cleaning up.
+#[map]
+static TRACED_CGROUPS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Actions sent recently, per cgroup, to suppress identical repeats. Bounded: when it is full
+/// the least recently seen action is forgotten and will simply be sent again.
+#[map]
+static RECENT: LruHashMap<RepeatKey, RepeatState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters indexed by [`Counter`]; user space sums the CPUs.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 #[inline(always)]
-pub fn config() -> ProbeConfig {
-    // SAFETY: CONFIG is a plain static; the volatile read stops the compiler from folding the
-    // zero initializer that user space replaces at load time.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+pub fn config() -> &'static ProbeConfig {
+    // SAFETY: CONFIG is a plain static. Reading its address through a volatile load hides
+    // from the compiler that it points at the all-zero initializer (which user space replaces
+    // at load time), so field reads are not constant-folded.
+    unsafe { &*core::ptr::read_volatile(&(&CONFIG as *const ProbeConfig)) }
 }
 
 #[inline(always)]
@@ -96,4 +105,57 @@ pub fn fill_header(header: &mut RecordHeader, kind: EventKind, tid: u32, pid: u3
     header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     header.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+}
+
+/// Whether file, network and syscall activity of `cgroup_id` is traced: containers always,
+/// host processes only when configured.
+#[inline(always)]
+pub fn is_traced(cgroup_id: u64) -> bool {
+    config().trace_host != 0 || TRACED_CGROUPS.get_ptr(&cgroup_id).is_some()
+}
+
+/// Decides whether an action identified by (`cgroup_id`, `kind`, `what`) is sent. Returns
+/// `None` when an identical action was sent less than the repeat window ago (the repeat is
+/// counted), or `Some(n)` with the number of repeats suppressed since the last one sent.
+#[inline(always)]
+pub fn check_repeat(cgroup_id: u64, kind: EventKind, what: u64, now_ns: u64) -> Option<u64> {
+    let key = RepeatKey {
+        cgroup_id,
+        kind: kind as u32,
+        _pad: 0,
+        what,
+    };
+    if let Some(state) = RECENT.get_ptr_mut(&key) {
+        // SAFETY: a live value of this map; concurrent CPUs may race on the counter, which
+        // can only make the count slightly low, never unsafe.
+        let state = unsafe { &mut *state };
+        if now_ns.wrapping_sub(state.sent_ns) < config().repeat_window_ns {
+            state.suppressed += 1;
+            count(Counter::RepeatsSuppressed);
+            return None;
+        }
+        let suppressed = state.suppressed;
+        state.sent_ns = now_ns;
+        state.suppressed = 0;
+        return Some(suppressed);
+    }
+    let state = RepeatState {
+        sent_ns: now_ns,
+        suppressed: 0,
+    };
+    let _ = RECENT.insert(&key, &state, 0);
+    Some(0)
+}
+
+/// 64-bit FNV-1a of `bytes[..len]`, for repeat keys of actions identified by a string.
+#[inline(always)]
+pub fn hash_bytes(bytes: &[u8], len: usize) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut index = 0;
+    while index < bytes.len() && index < len {
+        hash ^= u64::from(bytes[index]);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        index += 1;
+    }
+    hash
 }

@@ -9,14 +9,14 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use custos_ebpf::{
     Counter, EXEC_ARGV_LIMIT, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED,
     EXEC_FLAG_PATH_TRUNCATED, EXEC_MAX_ARGS, EXEC_PATH_LEN, EventKind, ExecArgs, ExecRecord,
-    ExitRecord,
+    ExitRecord, ForkRecord,
 };
 
 use super::common::{EVENTS, config, count, current_ids, fill_header, is_agent, read_task_field};
@@ -217,6 +217,41 @@ fn try_sched_process_exit() -> Result<(), i64> {
     fill_header(&mut record.header, EventKind::Exit, tid, pid);
     let task = unsafe { bpf_get_current_task() };
     record.exit_code = read_task_field::<u32>(task, config().offsets.task_exit_code).unwrap_or(0);
+    record._pad = 0;
+    entry.submit(0);
+    count(Counter::EventsSent);
+    Ok(())
+}
+
+/// `sched_process_fork(parent, child)` as a BTF tracepoint: its arguments are the two tasks,
+/// whose layout does not change between kernels the way the classic tracepoint's record does.
+/// Runs in the parent's context. Threads (child pid != child tgid) are not processes: skipped.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_sched_process_fork(&ctx);
+    0
+}
+
+fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let (tid, pid) = current_ids();
+    if is_agent(pid) {
+        return Ok(());
+    }
+    let child: u64 = ctx.arg(1);
+    let offsets = &config().offsets;
+    let child_pid = read_task_field::<u32>(child, offsets.task_pid).ok_or(0i64)?;
+    let child_tgid = read_task_field::<u32>(child, offsets.task_tgid).ok_or(0i64)?;
+    if child_pid != child_tgid {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
+        count(Counter::EventsDropped);
+        return Ok(());
+    };
+    // SAFETY: the reserved entry is exclusively ours until submit.
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut record.header, EventKind::Fork, tid, pid);
+    record.child_pid = child_pid;
     record._pad = 0;
     entry.submit(0);
     count(Counter::EventsSent);

@@ -16,17 +16,48 @@ pub enum EventKind {
     Exec,
     /// A process ended (`proto::ExitEvent`).
     Exit,
+    /// A process started a new process (`proto::ForkEvent`).
+    Fork,
+    /// A file was opened (`proto::FileOpenEvent`).
+    Open,
+    /// An outbound connection (`proto::NetworkEvent`, operation connect).
+    Connect,
+    /// A socket started listening (`proto::NetworkEvent`, operation listen).
+    Listen,
+    /// An inbound connection was accepted (`proto::NetworkEvent`, operation accept).
+    Accept,
+    /// A container used a syscall for the first time (`proto::SyscallEvent`).
+    Syscall,
+    /// The kernel lost records (`proto::DropEvent`).
+    Drop,
 }
 
 impl EventKind {
     /// Every kind, in the order they are listed to users.
-    pub const ALL: [EventKind; 2] = [EventKind::Exec, EventKind::Exit];
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Exec,
+        EventKind::Exit,
+        EventKind::Fork,
+        EventKind::Open,
+        EventKind::Connect,
+        EventKind::Listen,
+        EventKind::Accept,
+        EventKind::Syscall,
+        EventKind::Drop,
+    ];
 
-    /// The name used in filters and output: `exec`, `exit`.
+    /// The name used in filters and output.
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Exec => "exec",
             EventKind::Exit => "exit",
+            EventKind::Fork => "fork",
+            EventKind::Open => "open",
+            EventKind::Connect => "connect",
+            EventKind::Listen => "listen",
+            EventKind::Accept => "accept",
+            EventKind::Syscall => "syscall",
+            EventKind::Drop => "drop",
         }
     }
 
@@ -37,10 +68,21 @@ impl EventKind {
 
     /// The kind of an event; `None` when the event has no body.
     pub fn of(event: &proto::Event) -> Option<Self> {
-        match event.body.as_ref()? {
-            proto::event::Body::Exec(_) => Some(EventKind::Exec),
-            proto::event::Body::Exit(_) => Some(EventKind::Exit),
-        }
+        use proto::NetworkOperation as Op;
+        Some(match event.body.as_ref()? {
+            proto::event::Body::Exec(_) => EventKind::Exec,
+            proto::event::Body::Exit(_) => EventKind::Exit,
+            proto::event::Body::Fork(_) => EventKind::Fork,
+            proto::event::Body::Open(_) => EventKind::Open,
+            proto::event::Body::Network(network) => match network.operation() {
+                Op::Connect => EventKind::Connect,
+                Op::Listen => EventKind::Listen,
+                Op::Accept => EventKind::Accept,
+                Op::Unspecified => return None,
+            },
+            proto::event::Body::Syscall(_) => EventKind::Syscall,
+            proto::event::Body::Drop(_) => EventKind::Drop,
+        })
     }
 }
 
@@ -316,19 +358,19 @@ mod tests {
     #[test]
     fn unknown_kind_is_named_with_the_valid_ones() {
         let error = EventFilter::try_from_proto(&proto::EventFilter {
-            kinds: strings(&["exec", "open"]),
+            kinds: strings(&["exec", "opne"]),
             ..Default::default()
         })
         .unwrap_err();
         assert_eq!(
             error,
             FilterError::UnknownKind {
-                kind: "open".to_owned()
+                kind: "opne".to_owned()
             }
         );
         assert_eq!(
             error.to_string(),
-            r#"unknown event kind "open"; valid kinds: exec, exit"#
+            r#"unknown event kind "opne"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop"#
         );
     }
 

@@ -485,6 +485,15 @@ impl CgroupResolver {
         result
     }
 
+    /// Ids of the known cgroups (from the last walk and lookups since) that are containers'.
+    pub fn container_cgroup_ids(&self) -> Vec<u64> {
+        self.by_id
+            .iter()
+            .filter(|entry| parse_cgroup_path(entry.value()).is_some())
+            .map(|entry| *entry.key())
+            .collect()
+    }
+
     /// Drops a cached id (its cgroup is gone and its late events are over).
     pub fn forget(&self, id: u64) {
         self.by_id.remove(&id);

@@ -4,7 +4,7 @@ use std::{io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use custos_ebpf::{Counter, ProbeConfig};
 use tokio::io::unix::AsyncFd;
@@ -15,14 +15,58 @@ use super::{btf, records::KernelRecord};
 /// The kernel programs, built by `build.rs` from `agent-ebpf/`.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custos-probes"));
 
-/// (program, tracepoint category, tracepoint name). `sched_process_exec` goes first so that no
-/// captured exec argument waits for a consumer that is not there yet.
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+/// How a program hooks into the kernel.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// A classic tracepoint: (category, name).
+    TracePoint(&'static str, &'static str),
+    /// A BTF-typed tracepoint, by name.
+    BtfTracePoint(&'static str),
+}
+
+/// Every program and where it attaches, in attach order. `sched_process_exec` goes before the
+/// syscall-entry probes so that no captured exec argument waits for a consumer that is not
+/// there yet. Sensors add their programs here.
+const PROGRAMS: &[(&str, Hook)] = &[
+    // process lifecycle
+    (
+        "sched_process_exec",
+        Hook::TracePoint("sched", "sched_process_exec"),
+    ),
+    (
+        "sched_process_exit",
+        Hook::TracePoint("sched", "sched_process_exit"),
+    ),
+    (
+        "sched_process_fork",
+        Hook::BtfTracePoint("sched_process_fork"),
+    ),
+    (
+        "sys_enter_execve",
+        Hook::TracePoint("syscalls", "sys_enter_execve"),
+    ),
+    (
+        "sys_enter_execveat",
+        Hook::TracePoint("syscalls", "sys_enter_execveat"),
+    ),
+    // --- file sensor programs ---
+    // --- end of file sensor programs ---
+    // --- network sensor programs ---
+    // --- end of network sensor programs ---
+    // --- syscall sensor programs ---
+    // --- end of syscall sensor programs ---
 ];
+
+/// What the agent asks of the kernel programs.
+#[derive(Debug, Clone, Copy)]
+pub struct SensorOptions {
+    /// Process whose own actions are never reported (the agent).
+    pub agent_pid: u32,
+    /// Trace file, network and syscall activity of host processes too (not only containers).
+    pub trace_host: bool,
+    /// An identical action of one cgroup is sent at most once per window.
+    pub repeat_window: std::time::Duration,
+}
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -47,11 +91,10 @@ pub enum SensorError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("attaching program {name} to tracepoint {category}/{event}")]
+    #[error("attaching program {name} to {hook:?}")]
     Attach {
         name: &'static str,
-        category: &'static str,
-        event: &'static str,
+        hook: String,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
@@ -71,6 +114,12 @@ pub struct KernelCounters {
     pub events_sent: u64,
     pub events_dropped: u64,
     pub pending_exec_dropped: u64,
+    pub activity_sent: u64,
+    pub activity_dropped: u64,
+    pub repeats_suppressed: u64,
+    pub pending_open_dropped: u64,
+    pub pending_net_dropped: u64,
+    pub syscall_sets_full: u64,
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
@@ -78,10 +127,45 @@ pub struct Sensors {
     ebpf: Ebpf,
 }
 
+/// The readers of the two ring buffers: process lifecycle, and activity.
+pub struct RecordReaders {
+    pub process: RecordReader,
+    pub activity: RecordReader,
+}
+
+/// User space's handle on the set of traced cgroups (`TRACED_CGROUPS`).
+pub struct TracedCgroups {
+    map: std::sync::Mutex<aya::maps::HashMap<MapData, u64, u32>>,
+    /// What was inserted, so that the hot path does not make a syscall per event.
+    known: dashmap::DashSet<u64>,
+}
+
+impl TracedCgroups {
+    /// Starts tracing the activity of `cgroup_id` (a container's cgroup).
+    pub fn trace(&self, cgroup_id: u64) {
+        if cgroup_id == 0 || self.known.contains(&cgroup_id) {
+            return;
+        }
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match map.insert(cgroup_id, 1, 0) {
+            Ok(()) => {
+                self.known.insert(cgroup_id);
+                debug!(cgroup_id, "tracing activity of cgroup");
+            }
+            Err(error) => warn!(cgroup_id, %error, "cannot trace cgroup"),
+        }
+    }
+}
+
 impl Sensors {
-    /// Loads the programs, attaches every tracepoint, and returns them with the reader of
-    /// their records. `agent_pid` is the process whose own actions are never reported.
-    pub fn load(agent_pid: u32) -> Result<(Self, RecordReader), SensorError> {
+    /// Loads the programs, attaches every hook, and returns them with the readers of their
+    /// records and the handle on the traced cgroups.
+    pub fn load(
+        options: SensorOptions,
+    ) -> Result<(Self, RecordReaders, TracedCgroups), SensorError> {
         if PROBES.is_empty() {
             return Err(SensorError::NoPrograms);
         }
@@ -91,57 +175,42 @@ impl Sensors {
         let offsets = btf::kernel_offsets(&kernel_btf)?;
         debug!(?offsets, "kernel struct offsets from BTF");
         let config = ProbeConfig {
-            agent_pid,
-            _pad: 0,
+            agent_pid: options.agent_pid,
+            trace_host: u32::from(options.trace_host),
+            repeat_window_ns: u64::try_from(options.repeat_window.as_nanos()).unwrap_or(u64::MAX),
             offsets,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .load(PROBES)
             .map_err(|error| SensorError::Load(Box::new(error)))?;
-        for &(name, category, event) in TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(SensorError::Missing(name))?
-                .try_into()
-                .map_err(|source| SensorError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
-            program.load().map_err(|source| SensorError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-            program
-                .attach(category, event)
-                .map_err(|source| SensorError::Attach {
-                    name,
-                    category,
-                    event,
-                    source: Box::new(source),
-                })?;
-            debug!(program = name, "attached to {category}/{event}");
+        let aya_btf = aya::Btf::from_sys_fs()
+            .map_err(|error| SensorError::Load(Box::new(aya::EbpfError::BtfError(error))))?;
+        for &(name, hook) in PROGRAMS {
+            attach(&mut ebpf, name, hook, &aya_btf)?;
         }
-        let events = ebpf
-            .take_map("EVENTS")
-            .ok_or(SensorError::Missing("EVENTS"))?;
-        let ring = RingBuf::try_from(events).map_err(|source| SensorError::Map {
-            name: "EVENTS",
-            source: Box::new(source),
-        })?;
-        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd holds it, and
-        // `as_raw_fd` always returns that same fd.
-        let ring =
-            unsafe { AsyncFd::register(ring) }.map_err(|error| SensorError::Poll(error.into()))?;
-        let reader = RecordReader {
-            ring,
-            decode_errors: 0,
+        let readers = RecordReaders {
+            process: RecordReader::take(&mut ebpf, "EVENTS")?,
+            activity: RecordReader::take(&mut ebpf, "ACTIVITY")?,
+        };
+        let traced = ebpf
+            .take_map("TRACED_CGROUPS")
+            .ok_or(SensorError::Missing("TRACED_CGROUPS"))?;
+        let traced = TracedCgroups {
+            map: std::sync::Mutex::new(aya::maps::HashMap::try_from(traced).map_err(|source| {
+                SensorError::Map {
+                    name: "TRACED_CGROUPS",
+                    source: Box::new(source),
+                }
+            })?),
+            known: dashmap::DashSet::new(),
         };
         info!(
-            programs = TRACEPOINTS.len(),
-            "eBPF sensors attached (exec, exit)"
+            programs = PROGRAMS.len(),
+            trace_host = options.trace_host,
+            "eBPF sensors attached"
         );
-        Ok((Self { ebpf }, reader))
+        Ok((Self { ebpf }, readers, traced))
     }
 
     /// Reads the kernel's counters (sent, dropped, ...), summed over CPUs.
@@ -168,8 +237,51 @@ impl Sensors {
             events_sent: sum(Counter::EventsSent)?,
             events_dropped: sum(Counter::EventsDropped)?,
             pending_exec_dropped: sum(Counter::PendingExecDropped)?,
+            activity_sent: sum(Counter::ActivitySent)?,
+            activity_dropped: sum(Counter::ActivityDropped)?,
+            repeats_suppressed: sum(Counter::RepeatsSuppressed)?,
+            pending_open_dropped: sum(Counter::PendingOpenDropped)?,
+            pending_net_dropped: sum(Counter::PendingNetDropped)?,
+            syscall_sets_full: sum(Counter::SyscallSetsFull)?,
         })
     }
+
+    /// The loaded eBPF object, for sensors that read their own maps (e.g. syscall sets).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    hook: Hook,
+    btf: &aya::Btf,
+) -> Result<(), SensorError> {
+    let program_error = |source| SensorError::Program {
+        name,
+        source: Box::new(source),
+    };
+    let attach_error = |source| SensorError::Attach {
+        name,
+        hook: format!("{hook:?}"),
+        source: Box::new(source),
+    };
+    let program = ebpf.program_mut(name).ok_or(SensorError::Missing(name))?;
+    match hook {
+        Hook::TracePoint(category, event) => {
+            let program: &mut TracePoint = program.try_into().map_err(program_error)?;
+            program.load().map_err(program_error)?;
+            program.attach(category, event).map_err(attach_error)?;
+        }
+        Hook::BtfTracePoint(event) => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
+            program.load(event, btf).map_err(program_error)?;
+            program.attach().map_err(attach_error)?;
+        }
+    }
+    debug!(program = name, ?hook, "attached");
+    Ok(())
 }
 
 /// Reads records from the event ring buffer as they arrive.
@@ -179,6 +291,22 @@ pub struct RecordReader {
 }
 
 impl RecordReader {
+    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, SensorError> {
+        let map = ebpf.take_map(name).ok_or(SensorError::Missing(name))?;
+        let ring = RingBuf::try_from(map).map_err(|source| SensorError::Map {
+            name,
+            source: Box::new(source),
+        })?;
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd holds it, and
+        // `as_raw_fd` always returns that same fd.
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|error| SensorError::Poll(error.into()))?;
+        Ok(Self {
+            ring,
+            decode_errors: 0,
+        })
+    }
+
     /// Waits until records are available, then appends all of them to `out`.
     pub async fn read(&mut self, out: &mut Vec<KernelRecord>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;

@@ -9,5 +9,7 @@ pub mod btf;
 mod loader;
 pub mod records;
 
-pub use loader::{KernelCounters, RecordReader, SensorError, Sensors};
-pub use records::{DecodeError, ExecRecord, ExitRecord, KernelRecord, RecordHeader};
+pub use loader::{
+    KernelCounters, RecordReader, RecordReaders, SensorError, SensorOptions, Sensors, TracedCgroups,
+};
+pub use records::{DecodeError, ExecRecord, ExitRecord, ForkRecord, KernelRecord, RecordHeader};

@@ -42,10 +42,20 @@ pub struct ExitRecord {
     pub signal: i32,
 }
 
+/// A new process; the header is its parent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub header: RecordHeader,
+    pub child_pid: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelRecord {
     Exec(ExecRecord),
     Exit(ExitRecord),
+    Fork(ForkRecord),
+    // --- activity records (files, network, syscalls): add variants below ---
+    // --- end of activity records ---
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,7 +78,17 @@ impl KernelRecord {
                 let raw: shared::ExitRecord = read_struct(bytes)?;
                 Ok(Self::Exit(decode_exit(&raw)))
             }
-            None => Err(DecodeError::UnknownKind { kind }),
+            Some(shared::EventKind::Fork) => {
+                let raw: shared::ForkRecord = read_struct(bytes)?;
+                Ok(Self::Fork(ForkRecord {
+                    header: decode_header(&raw.header),
+                    child_pid: raw.child_pid,
+                }))
+            }
+            // --- activity record kinds: add arms below ---
+            // --- end of activity record kinds ---
+            #[allow(unreachable_patterns)]
+            Some(_) | None => Err(DecodeError::UnknownKind { kind }),
         }
     }
 
@@ -76,6 +96,9 @@ impl KernelRecord {
         match self {
             Self::Exec(exec) => &exec.header,
             Self::Exit(exit) => &exit.header,
+            Self::Fork(fork) => &fork.header,
+            // --- activity record headers: add arms below ---
+            // --- end of activity record headers ---
         }
     }
 }
@@ -91,7 +114,7 @@ fn read_prefix<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
 }
 
 /// Reads a plain-old-data record from the start of `bytes`.
-fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let needed = std::mem::size_of::<T>();
     if bytes.len() < needed {
         return Err(DecodeError::TooShort {
@@ -104,7 +127,7 @@ fn read_struct<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-fn decode_header(raw: &shared::RecordHeader) -> RecordHeader {
+pub(crate) fn decode_header(raw: &shared::RecordHeader) -> RecordHeader {
     RecordHeader {
         tid: raw.tid,
         pid: raw.pid,
@@ -142,7 +165,7 @@ fn decode_exit(raw: &shared::ExitRecord) -> ExitRecord {
 }
 
 /// The bytes up to the first NUL (or all of them), lossily as UTF-8.
-fn c_string(bytes: &[u8]) -> String {
+pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }

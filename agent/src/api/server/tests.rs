@@ -84,6 +84,7 @@ fn workload(namespace: &str, pod: &str) -> proto::Workload {
 
 fn exec(pid: u32, workload: proto::Workload) -> proto::Event {
     proto::Event {
+        repeats_suppressed: 0,
         time_unix_nano: 1_795_622_400_000_000_000 + u64::from(pid),
         node: "node-1".to_owned(),
         workload: Some(workload),
@@ -104,6 +105,7 @@ fn exec(pid: u32, workload: proto::Workload) -> proto::Event {
 
 fn exit(pid: u32, workload: proto::Workload) -> proto::Event {
     proto::Event {
+        repeats_suppressed: 0,
         body: Some(proto::event::Body::Exit(proto::ExitEvent {
             exit_code: 0,
             signal: 0,
@@ -200,7 +202,7 @@ async fn invalid_filters_are_rejected_with_a_precise_message() {
     let status = subscribe(
         &server.path,
         proto::EventFilter {
-            kinds: strings(&["exec", "open"]),
+            kinds: strings(&["exec", "opne"]),
             ..Default::default()
         },
     )
@@ -209,7 +211,7 @@ async fn invalid_filters_are_rejected_with_a_precise_message() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(
         status.message(),
-        r#"invalid filter: unknown event kind "open"; valid kinds: exec, exit"#
+        r#"invalid filter: unknown event kind "opne"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop"#
     );
 
     let status = subscribe(

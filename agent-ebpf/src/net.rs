@@ -1,0 +1,1 @@
+//! Records of the network sensor (connect, listen, accept).
