@@ -278,3 +278,25 @@ pub fn container_id() -> String {
         next()
     )
 }
+
+/// Compiles `tests/workloads/<name>.c` into a static binary at `<rootfs>/bin/<name>`, so a
+/// busybox container can run a precise workload (exact syscalls, tight loops).
+pub fn install_workload(rootfs: &Rootfs, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workloads")
+        .join(format!("{name}.c"));
+    let binary = rootfs.path().join("bin").join(name);
+    let output = Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .expect("run cc (a C compiler with static libc is needed: gcc, libc6-dev)");
+    assert!(
+        output.status.success(),
+        "compiling {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    binary
+}
