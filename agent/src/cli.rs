@@ -28,7 +28,7 @@ pub enum Command {
 
 /// Flags of `custos agent`. Each one, when given, overrides the configuration file (or the
 /// built-in configuration, `deploy/config/custos.yaml`).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// Configuration file (YAML); without it the built-in default is used.
     #[arg(long, value_name = "FILE")]

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::AgentArgs;
+use crate::{cli::AgentArgs, modes::ModesConfig};
 
 /// The default configuration, embedded from `deploy/config/custos.yaml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../deploy/config/custos.yaml");
@@ -16,6 +16,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub containerd: ContainerdConfig,
     pub sensors: SensorsConfig,
+    pub modes: ModesConfig,
     pub events: EventsConfig,
 }
 
@@ -91,6 +92,13 @@ impl Config {
             }
             None => Self::parse(DEFAULT_CONFIG, "the built-in configuration")?,
         };
+        config.apply_flags(args);
+        Ok(config)
+    }
+
+    /// Command-line flags win over the file, on start and on every reload.
+    pub fn apply_flags(&mut self, args: &AgentArgs) {
+        let config = self;
         if let Some(socket) = &args.listen_unix {
             config.api.unix_socket = socket.clone();
         }
@@ -103,7 +111,6 @@ impl Config {
         if let Some(socket) = &args.containerd_socket {
             config.containerd.socket = socket.clone();
         }
-        Ok(config)
     }
 }
 
@@ -152,5 +159,107 @@ mod tests {
         let config = Config::for_agent(&args).unwrap();
         assert_eq!(config.api.unix_socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
+    }
+}
+
+/// How often a configuration file is checked for changes.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Watches the configuration file (if any) and publishes each valid new version. An invalid
+/// edit is logged with its reason and ignored: the last good configuration stays in force.
+pub fn watch(
+    path: Option<PathBuf>,
+    initial: Config,
+    overrides: impl Fn(&mut Config) + Send + 'static,
+) -> tokio::sync::watch::Receiver<Config> {
+    let (sender, receiver) = tokio::sync::watch::channel(initial);
+    let Some(path) = path else {
+        return receiver;
+    };
+    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    // The version the caller loaded; taken now, so an edit made right after is not missed.
+    let mut last_seen = modified(&path);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(RELOAD_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let now = modified(&path);
+            if now == last_seen {
+                continue;
+            }
+            last_seen = now;
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|text| Config::parse(&text, &path.display().to_string()));
+            match parsed {
+                Ok(mut config) => {
+                    overrides(&mut config);
+                    if *sender.borrow() != config {
+                        tracing::info!(path = %path.display(), "configuration reloaded");
+                        sender.send_replace(config);
+                    }
+                }
+                Err(error) => tracing::error!("{error}; keeping the last good configuration"),
+            }
+            if sender.is_closed() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn args(config: &std::path::Path) -> AgentArgs {
+        AgentArgs {
+            config: Some(config.to_path_buf()),
+            listen_unix: Some("/tmp/flag.sock".into()),
+            listen_tcp: None,
+            state_dir: None,
+            containerd_socket: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn edits_take_effect_and_bad_edits_keep_the_last_good_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custos.yaml");
+        std::fs::write(&path, DEFAULT_CONFIG).unwrap();
+        let args = args(&path);
+        let initial = Config::for_agent(&args).unwrap();
+        let flags = args.clone();
+        let mut updates = watch(Some(path.clone()), initial, move |c| c.apply_flags(&flags));
+
+        // A valid change (modes of a namespace) arrives within a second.
+        let edited =
+            DEFAULT_CONFIG.replace("kube-system: off", "kube-system: off\n    prod: enforce");
+        std::fs::write(&path, &edited).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), updates.changed())
+            .await
+            .expect("reload within 1 s")
+            .unwrap();
+        let current = updates.borrow_and_update().clone();
+        assert_eq!(
+            current.modes.mode_for("prod", "web"),
+            crate::modes::Mode::Enforce
+        );
+        // Flags still win after a reload.
+        assert_eq!(current.api.unix_socket, PathBuf::from("/tmp/flag.sock"));
+
+        // An invalid change is ignored: nothing is published, the last good one stays.
+        std::fs::write(&path, edited.replace("prod: enforce", "prod: enforcing")).unwrap();
+        let changed =
+            tokio::time::timeout(std::time::Duration::from_millis(800), updates.changed()).await;
+        assert!(changed.is_err(), "an invalid configuration was published");
+        assert_eq!(
+            updates.borrow().modes.mode_for("prod", "web"),
+            crate::modes::Mode::Enforce
+        );
     }
 }

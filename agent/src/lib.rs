@@ -11,6 +11,7 @@ pub mod config;
 pub mod containers;
 pub mod daemon;
 pub mod output;
+pub mod modes;
 pub mod pipeline;
 pub mod processes;
 pub mod sensors;
