@@ -189,8 +189,80 @@ pub struct KernelOffsets {
     /// `task_struct.pid`
     pub task_pid: u32,
     // --- file sensor offsets (paths, fds): add below, keep the count of u32s even ---
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `task_struct.fs`
+    pub task_fs: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    /// `file.f_path.mnt`
+    pub file_mnt: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `fs_struct.root.dentry`
+    pub fs_root_dentry: u32,
+    /// `fs_struct.root.mnt`
+    pub fs_root_mnt: u32,
+    /// `fs_struct.pwd.dentry`
+    pub fs_pwd_dentry: u32,
+    /// `fs_struct.pwd.mnt`
+    pub fs_pwd_mnt: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    /// `vfsmount.mnt_root`
+    pub vfsmount_root: u32,
+    /// `mount.mnt` (the embedded `vfsmount`: container_of goes back by this much)
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`
+    pub mount_parent: u32,
+    /// `mount.mnt_mountpoint`
+    pub mount_mountpoint: u32,
     // --- end of file sensor offsets ---
     // --- network sensor offsets (sockets): add below, keep the count of u32s even ---
+    /// `task_struct.files`
+    pub net_task_files: u32,
+    /// `files_struct.fdt`
+    pub net_files_fdt: u32,
+    /// `fdtable.max_fds` (0 on current kernels: offsets here may legitimately be 0)
+    pub net_fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub net_fdt_fd: u32,
+    /// `file.private_data` (a `struct socket *` for sockets)
+    pub net_file_private_data: u32,
+    /// `socket.type` (SOCK_STREAM, SOCK_DGRAM, ...; a 2-byte integer)
+    pub net_socket_type: u32,
+    /// `socket.sk`
+    pub net_socket_sk: u32,
+    /// `sock.sk_protocol` (2 bytes)
+    pub net_sk_protocol: u32,
+    /// `sock.__sk_common.skc_family` (2 bytes)
+    pub net_skc_family: u32,
+    /// `sock.__sk_common.skc_num`: local port, host order (2 bytes)
+    pub net_skc_num: u32,
+    /// `sock.__sk_common.skc_dport`: peer port, network order (2 bytes)
+    pub net_skc_dport: u32,
+    /// `sock.__sk_common.skc_daddr`: IPv4 peer address
+    pub net_skc_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`: IPv4 local address
+    pub net_skc_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr`: IPv6 peer address (16 bytes)
+    pub net_skc_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`: IPv6 local address (16 bytes)
+    pub net_skc_v6_rcv_saddr: u32,
+    /// `unix_sock.addr` (a `struct unix_address *`, NULL while unbound)
+    pub net_unix_addr: u32,
+    /// `unix_address.len`: bytes used in `name`
+    pub net_unix_address_len: u32,
+    /// `unix_address.name`: a `struct sockaddr_un`
+    pub net_unix_address_name: u32,
     // --- end of network sensor offsets ---
 }
 

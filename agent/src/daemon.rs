@@ -20,7 +20,10 @@ use crate::{
     containers::ContainerRegistry,
     pipeline::{self, BootClock, Enricher},
     processes::ProcessTable,
-    sensors::{KernelCounters, SensorOptions, Sensors, TracedCgroups},
+    sensors::{
+        KernelCounters, SensorOptions, Sensors, TracedCgroups,
+        syscalls::{self, SyscallSets},
+    },
 };
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -48,12 +51,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         repeat_window: Duration::from_millis(config.sensors.repeat_window_ms),
     })
     .context("starting the kernel sensors")?;
+    let syscall_map = syscalls::open_kernel_map_or_warn(loaded.ebpf());
     *sensors
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(loaded);
     let traced = Arc::new(traced);
     let containers = ContainerRegistry::start(config.containerd.socket.clone()).await?;
     trace_running_containers(&containers, &traced);
+    let syscall_sets = Arc::new(SyscallSets::new(syscall_map, Arc::clone(&containers)));
+    let api = api.with_syscalls(Arc::clone(&syscall_sets) as _);
     let clock = BootClock::now();
     let enricher = Arc::new(Enricher {
         node: node.clone(),
@@ -61,14 +67,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         containers,
         processes,
         traced: Some(traced),
+        syscalls: Some(Arc::clone(&syscall_sets)),
     });
     let tasks = [
-        tokio::spawn(pipeline::run(
-            readers.process,
-            Arc::clone(&enricher),
-            hub.clone(),
-        )),
-        tokio::spawn(pipeline::run(readers.activity, enricher, hub.clone())),
+        tokio::spawn(pipeline::run(readers, enricher, hub.clone())),
+        tokio::spawn(syscall_sets.sweep_loop()),
         tokio::spawn(pipeline::report_drops(
             kernel_counters(Arc::clone(&sensors)),
             node.clone(),

@@ -12,7 +12,7 @@ use crate::{
     containers::ContainerRegistry,
     processes::ProcessTable,
     sensors::{
-        ExecRecord, ExitRecord, KernelCounters, KernelRecord, RecordHeader, RecordReader,
+        ExecRecord, ExitRecord, KernelCounters, KernelRecord, RecordHeader, RecordReaders,
         TracedCgroups,
     },
 };
@@ -59,9 +59,22 @@ pub struct Enricher {
     pub processes: Arc<ProcessTable>,
     /// Containers found in events start having their activity traced.
     pub traced: Option<Arc<TracedCgroups>>,
+    /// Per-cgroup syscall sets: drop first-use records the kernel sent twice.
+    pub syscalls: Option<Arc<crate::sensors::syscalls::SyscallSets>>,
 }
 
 impl Enricher {
+    /// True for a record that must not become an event: a syscall first use already reported
+    /// for its cgroup (the kernel may send one twice when CPUs race).
+    pub fn is_duplicate(&self, record: &KernelRecord) -> bool {
+        match (record, &self.syscalls) {
+            (KernelRecord::SyscallFirstUse(syscall), Some(sets)) => {
+                !sets.first_use(syscall.header.cgroup_id, syscall.number)
+            }
+            _ => false,
+        }
+    }
+
     pub async fn event(&self, record: KernelRecord) -> proto::Event {
         let header = record.header();
         let workload = self.containers.workload_for_cgroup(header.cgroup_id).await;
@@ -74,6 +87,8 @@ impl Enricher {
         let time_unix_nano = self.clock.to_unix_nanos(header.boot_ns);
         let mut process = process_of(header);
         let boot_ns = header.boot_ns;
+        // Identical actions the kernel suppressed before this one (activity records).
+        let mut repeats_suppressed = 0;
         let body = match record {
             KernelRecord::Exec(exec) => {
                 let body = exec_body(exec);
@@ -91,7 +106,17 @@ impl Enricher {
                     child_pid: fork.child_pid,
                 })
             } // --- activity bodies: add arms below ---
-              // --- end of activity bodies ---
+            KernelRecord::FileOpen(open) => {
+                repeats_suppressed = open.repeats;
+                proto::event::Body::Open(crate::sensors::files::open_event(open))
+            }
+            KernelRecord::Network(network) => {
+                repeats_suppressed = network.repeats;
+                proto::event::Body::Network(crate::sensors::network::network_event(&network))
+            }
+            KernelRecord::SyscallFirstUse(syscall) => {
+                proto::event::Body::Syscall(crate::sensors::syscalls::syscall_event(syscall.number))
+            } // --- end of activity bodies ---
         };
         self.processes.annotate(&mut process);
         proto::Event {
@@ -99,7 +124,7 @@ impl Enricher {
             node: self.node.clone(),
             workload: Some(workload),
             process: Some(process),
-            repeats_suppressed: 0,
+            repeats_suppressed,
             body: Some(body),
         }
     }
@@ -173,14 +198,35 @@ pub fn normalize(path: &str) -> String {
 }
 
 /// Reads records from one ring buffer until it fails, enriching and publishing each.
-pub async fn run(mut reader: RecordReader, enricher: Arc<Enricher>, hub: EventHub) {
-    let mut batch = Vec::with_capacity(256);
+/// Reads both ring buffers until one fails, enriching and publishing each record.
+///
+/// Process records are always handled before the activity read after them: the kernel wrote a
+/// process's exec before any of its later actions, so draining the process ring first means an
+/// open or connect is never annotated from a process table that has not seen its exec yet.
+pub async fn run(readers: RecordReaders, enricher: Arc<Enricher>, hub: EventHub) {
+    let RecordReaders {
+        mut process,
+        mut activity,
+    } = readers;
+    let mut process_batch = Vec::with_capacity(256);
+    let mut activity_batch = Vec::with_capacity(256);
     loop {
-        if let Err(error) = reader.read(&mut batch).await {
-            warn!(%error, "reading a ring buffer failed; its sensors stopped");
+        let result = tokio::select! {
+            result = process.read(&mut process_batch) => result,
+            result = activity.read(&mut activity_batch) => {
+                // Activity arrived: first take every process record written before it.
+                process.drain(&mut process_batch);
+                result
+            }
+        };
+        if let Err(error) = result {
+            warn!(%error, "reading a ring buffer failed; sensors stopped");
             return;
         }
-        for record in batch.drain(..) {
+        for record in process_batch.drain(..).chain(activity_batch.drain(..)) {
+            if enricher.is_duplicate(&record) {
+                continue;
+            }
             let event = enricher.event(record).await;
             hub.publish(Arc::new(event));
         }

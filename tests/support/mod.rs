@@ -250,6 +250,44 @@ pub fn run_container(id: &str, rootfs: &Rootfs, labels: &PodLabels, command: &[&
     );
 }
 
+/// Like [`run_container`], with extra `ctr run` options (e.g. `--cap-add CAP_NET_ADMIN`) placed
+/// before the rootfs; returns the container's stdout.
+pub fn run_container_with(
+    id: &str,
+    rootfs: &Rootfs,
+    labels: &PodLabels,
+    command: &[&str],
+    extra_args: &[&str],
+) -> String {
+    let output = Command::new("ctr")
+        .args(["run", "--rm"])
+        .args(extra_args)
+        .args([
+            "--label",
+            &format!("io.kubernetes.pod.namespace={}", labels.namespace),
+        ])
+        .args(["--label", &format!("io.kubernetes.pod.name={}", labels.pod)])
+        .args([
+            "--label",
+            &format!("io.kubernetes.container.name={}", labels.container),
+        ])
+        .arg("--rootfs")
+        .arg(rootfs.path())
+        .arg(id)
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ctr");
+    assert!(
+        output.status.success(),
+        "ctr run {id} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A fresh 64-hex container id, the shape kubelet-created containers have (and that the cgroup
 /// path parser expects).
 pub fn container_id() -> String {

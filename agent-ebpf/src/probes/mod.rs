@@ -2,7 +2,10 @@
 //! function and ignores its error: a probe never fails the traced action.
 
 mod common;
+mod files;
+mod network;
 mod process;
+mod syscalls;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -37,6 +37,41 @@ use super::proto::custos_server::{Custos, CustosServer};
 /// `subscriber_lagged_events` from the hub itself.
 pub type StatusProvider = Arc<dyn Fn() -> proto::AgentStatus + Send + Sync>;
 
+/// Answers `GetSyscalls`: the syscall set of one container (the syscall sensor's).
+#[tonic::async_trait]
+pub trait SyscallSetLookup: Send + Sync + 'static {
+    /// The set of the one container whose id is `id` or starts with it. `id` has been checked:
+    /// 12 to 64 lowercase hex characters.
+    async fn syscall_set(&self, id: &str) -> Result<proto::SyscallSet, SyscallLookupError>;
+}
+
+/// Why `GetSyscalls` has no set to give.
+#[derive(Debug, thiserror::Error)]
+pub enum SyscallLookupError {
+    #[error("no container {id} has syscalls recorded")]
+    NotFound { id: String },
+    #[error("container id prefix {id} is not unique: it matches {matches} containers")]
+    Ambiguous { id: String, matches: usize },
+}
+
+/// Shortest container id prefix `GetSyscalls` accepts.
+pub const MIN_CONTAINER_PREFIX: usize = 12;
+
+/// Checks a container id (or prefix) given to `GetSyscalls`: 12 to 64 hex characters; upper
+/// case is accepted and lowered.
+pub fn parse_container_prefix(id: &str) -> Result<String, Status> {
+    let ok = (MIN_CONTAINER_PREFIX..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "container_id must be a container id or a prefix of it: {MIN_CONTAINER_PREFIX} to 64 \
+             hex characters, got {id:?}"
+        )))
+    }
+}
+
 /// How long connections get to finish after the shutdown signal before they are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -52,6 +87,8 @@ pub struct CustosService {
     status: StatusProvider,
     /// Becomes true when the server stops; ends every subscription stream.
     stopping: watch::Receiver<bool>,
+    /// Answers `GetSyscalls`; `None` until the syscall sensor is running.
+    syscalls: Option<Arc<dyn SyscallSetLookup>>,
 }
 
 impl CustosService {
@@ -62,7 +99,14 @@ impl CustosService {
             hub,
             status,
             stopping,
+            syscalls: None,
         }
+    }
+
+    /// Answers `GetSyscalls` with `lookup`.
+    pub fn with_syscalls(mut self, lookup: Option<Arc<dyn SyscallSetLookup>>) -> Self {
+        self.syscalls = lookup;
+        self
     }
 }
 
@@ -108,10 +152,21 @@ impl Custos for CustosService {
 
     async fn get_syscalls(
         &self,
-        _request: Request<proto::GetSyscallsRequest>,
+        request: Request<proto::GetSyscallsRequest>,
     ) -> Result<Response<proto::SyscallSet>, Status> {
-        // Replaced by the syscall sensor's lookup (in progress).
-        Err(Status::unimplemented("syscall sets are not available yet"))
+        let id = parse_container_prefix(&request.get_ref().container_id)?;
+        let Some(lookup) = &self.syscalls else {
+            return Err(Status::unavailable("the syscall sensor is not running"));
+        };
+        match lookup.syscall_set(&id).await {
+            Ok(set) => Ok(Response::new(set)),
+            Err(error @ SyscallLookupError::NotFound { .. }) => {
+                Err(Status::not_found(error.to_string()))
+            }
+            Err(error @ SyscallLookupError::Ambiguous { .. }) => {
+                Err(Status::invalid_argument(error.to_string()))
+            }
+        }
     }
 }
 
@@ -429,6 +484,7 @@ impl Drop for PrivateDir {
 pub struct ApiServer {
     hub: EventHub,
     status: StatusProvider,
+    syscalls: Option<Arc<dyn SyscallSetLookup>>,
     unix: UnixSocket,
     tcp: Option<TcpListener>,
 }
@@ -453,9 +509,16 @@ impl ApiServer {
         Ok(Self {
             hub,
             status,
+            syscalls: None,
             unix,
             tcp,
         })
+    }
+
+    /// Answers `GetSyscalls` with `lookup` (without one it answers UNAVAILABLE).
+    pub fn with_syscalls(mut self, lookup: Arc<dyn SyscallSetLookup>) -> Self {
+        self.syscalls = Some(lookup);
+        self
     }
 
     /// Path of the unix socket.
@@ -472,7 +535,8 @@ impl ApiServer {
     /// connections finish (at most [`SHUTDOWN_GRACE`]) and removes the socket file.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let service = CustosService::new(self.hub, self.status, stop_rx.clone());
+        let service =
+            CustosService::new(self.hub, self.status, stop_rx.clone()).with_syscalls(self.syscalls);
         let (listener, socket_file) = self.unix.into_parts();
         let unix_path = socket_file.path.clone();
         let stopped = |mut rx: watch::Receiver<bool>| async move {

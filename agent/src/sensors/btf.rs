@@ -601,6 +601,8 @@ impl KernelBtf {
         let ok = match expected {
             FieldKind::Pointer => kind == KIND_PTR,
             FieldKind::Int32 => matches!(kind, KIND_INT | KIND_ENUM) && size == 4,
+            FieldKind::Int16 => matches!(kind, KIND_INT | KIND_ENUM) && size == 2,
+            FieldKind::Struct16 => matches!(kind, KIND_STRUCT | KIND_UNION) && size == 16,
         };
         if ok {
             return Ok(field.byte_offset);
@@ -668,6 +670,10 @@ fn parse_types(data: &[u8], range: std::ops::Range<usize>) -> Result<Vec<RawType
 enum FieldKind {
     Pointer,
     Int32,
+    /// A 2-byte integer (network sensor: ports, families, socket types).
+    Int16,
+    /// A 16-byte struct or union (network sensor: `struct in6_addr`).
+    Struct16,
 }
 
 impl FieldKind {
@@ -675,6 +681,8 @@ impl FieldKind {
         match self {
             FieldKind::Pointer => "a pointer",
             FieldKind::Int32 => "a 4-byte integer",
+            FieldKind::Int16 => "a 2-byte integer",
+            FieldKind::Struct16 => "a 16-byte struct or union",
         }
     }
 }
@@ -689,8 +697,65 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         task_exit_code: btf.expect_field("task_struct", &["exit_code"], FieldKind::Int32)?,
         task_pid: btf.expect_field("task_struct", &["pid"], FieldKind::Int32)?,
         // --- file sensor offsets ---
+        task_files: btf.expect_field("task_struct", &["files"], FieldKind::Pointer)?,
+        task_fs: btf.expect_field("task_struct", &["fs"], FieldKind::Pointer)?,
+        files_fdt: btf.expect_field("files_struct", &["fdt"], FieldKind::Pointer)?,
+        fdtable_max_fds: btf.expect_field("fdtable", &["max_fds"], FieldKind::Int32)?,
+        fdtable_fd: btf.expect_field("fdtable", &["fd"], FieldKind::Pointer)?,
+        file_dentry: btf.expect_field("file", &["f_path", "dentry"], FieldKind::Pointer)?,
+        file_mnt: btf.expect_field("file", &["f_path", "mnt"], FieldKind::Pointer)?,
+        file_inode: btf.expect_field("file", &["f_inode"], FieldKind::Pointer)?,
+        fs_root_dentry: btf.expect_field("fs_struct", &["root", "dentry"], FieldKind::Pointer)?,
+        fs_root_mnt: btf.expect_field("fs_struct", &["root", "mnt"], FieldKind::Pointer)?,
+        fs_pwd_dentry: btf.expect_field("fs_struct", &["pwd", "dentry"], FieldKind::Pointer)?,
+        fs_pwd_mnt: btf.expect_field("fs_struct", &["pwd", "mnt"], FieldKind::Pointer)?,
+        dentry_parent: btf.expect_field("dentry", &["d_parent"], FieldKind::Pointer)?,
+        dentry_name: btf.expect_field("dentry", &["d_name", "name"], FieldKind::Pointer)?,
+        vfsmount_root: btf.expect_field("vfsmount", &["mnt_root"], FieldKind::Pointer)?,
+        // `mount.mnt` is an embedded `struct vfsmount`; its offset is derived through a pointer
+        // field inside it, which also checks that it is embedded (not a pointer).
+        mount_mnt: btf
+            .expect_field("mount", &["mnt", "mnt_root"], FieldKind::Pointer)?
+            .wrapping_sub(btf.expect_field("vfsmount", &["mnt_root"], FieldKind::Pointer)?),
+        mount_parent: btf.expect_field("mount", &["mnt_parent"], FieldKind::Pointer)?,
+        mount_mountpoint: btf.expect_field("mount", &["mnt_mountpoint"], FieldKind::Pointer)?,
         // --- end of file sensor offsets ---
         // --- network sensor offsets ---
+        net_task_files: btf.expect_field("task_struct", &["files"], FieldKind::Pointer)?,
+        net_files_fdt: btf.expect_field("files_struct", &["fdt"], FieldKind::Pointer)?,
+        net_fdt_max_fds: btf.expect_field("fdtable", &["max_fds"], FieldKind::Int32)?,
+        net_fdt_fd: btf.expect_field("fdtable", &["fd"], FieldKind::Pointer)?,
+        net_file_private_data: btf.expect_field("file", &["private_data"], FieldKind::Pointer)?,
+        net_socket_type: btf.expect_field("socket", &["type"], FieldKind::Int16)?,
+        net_socket_sk: btf.expect_field("socket", &["sk"], FieldKind::Pointer)?,
+        net_sk_protocol: btf.expect_field("sock", &["sk_protocol"], FieldKind::Int16)?,
+        net_skc_family: btf.expect_field(
+            "sock",
+            &["__sk_common", "skc_family"],
+            FieldKind::Int16,
+        )?,
+        net_skc_num: btf.expect_field("sock", &["__sk_common", "skc_num"], FieldKind::Int16)?,
+        net_skc_dport: btf.expect_field("sock", &["__sk_common", "skc_dport"], FieldKind::Int16)?,
+        net_skc_daddr: btf.expect_field("sock", &["__sk_common", "skc_daddr"], FieldKind::Int32)?,
+        net_skc_rcv_saddr: btf.expect_field(
+            "sock",
+            &["__sk_common", "skc_rcv_saddr"],
+            FieldKind::Int32,
+        )?,
+        net_skc_v6_daddr: btf.expect_field(
+            "sock",
+            &["__sk_common", "skc_v6_daddr"],
+            FieldKind::Struct16,
+        )?,
+        net_skc_v6_rcv_saddr: btf.expect_field(
+            "sock",
+            &["__sk_common", "skc_v6_rcv_saddr"],
+            FieldKind::Struct16,
+        )?,
+        net_unix_addr: btf.expect_field("unix_sock", &["addr"], FieldKind::Pointer)?,
+        net_unix_address_len: btf.expect_field("unix_address", &["len"], FieldKind::Int32)?,
+        // A flexible array of `struct sockaddr_un`: only its start matters.
+        net_unix_address_name: btf.field_offset("unix_address", &["name"])?,
         // --- end of network sensor offsets ---
     })
 }

@@ -50,10 +50,77 @@ const PROGRAMS: &[(&str, Hook)] = &[
         Hook::TracePoint("syscalls", "sys_enter_execveat"),
     ),
     // --- file sensor programs ---
+    // Exits before entries, so that no kept open waits for a consumer not yet attached.
+    (
+        "sys_exit_open",
+        Hook::TracePoint("syscalls", "sys_exit_open"),
+    ),
+    (
+        "sys_exit_openat",
+        Hook::TracePoint("syscalls", "sys_exit_openat"),
+    ),
+    (
+        "sys_exit_openat2",
+        Hook::TracePoint("syscalls", "sys_exit_openat2"),
+    ),
+    (
+        "sys_exit_creat",
+        Hook::TracePoint("syscalls", "sys_exit_creat"),
+    ),
+    (
+        "sys_enter_open",
+        Hook::TracePoint("syscalls", "sys_enter_open"),
+    ),
+    (
+        "sys_enter_openat",
+        Hook::TracePoint("syscalls", "sys_enter_openat"),
+    ),
+    (
+        "sys_enter_openat2",
+        Hook::TracePoint("syscalls", "sys_enter_openat2"),
+    ),
+    (
+        "sys_enter_creat",
+        Hook::TracePoint("syscalls", "sys_enter_creat"),
+    ),
     // --- end of file sensor programs ---
     // --- network sensor programs ---
+    // Exits before entries, so that no noted call waits for a consumer not yet attached.
+    (
+        "sys_exit_connect",
+        Hook::TracePoint("syscalls", "sys_exit_connect"),
+    ),
+    (
+        "sys_exit_listen",
+        Hook::TracePoint("syscalls", "sys_exit_listen"),
+    ),
+    (
+        "sys_exit_accept",
+        Hook::TracePoint("syscalls", "sys_exit_accept"),
+    ),
+    (
+        "sys_exit_accept4",
+        Hook::TracePoint("syscalls", "sys_exit_accept4"),
+    ),
+    (
+        "sys_enter_connect",
+        Hook::TracePoint("syscalls", "sys_enter_connect"),
+    ),
+    (
+        "sys_enter_listen",
+        Hook::TracePoint("syscalls", "sys_enter_listen"),
+    ),
+    (
+        "sys_enter_accept",
+        Hook::TracePoint("syscalls", "sys_enter_accept"),
+    ),
+    (
+        "sys_enter_accept4",
+        Hook::TracePoint("syscalls", "sys_enter_accept4"),
+    ),
     // --- end of network sensor programs ---
     // --- syscall sensor programs ---
+    ("sys_enter", Hook::TracePoint("raw_syscalls", "sys_enter")),
     // --- end of syscall sensor programs ---
 ];
 
@@ -310,18 +377,30 @@ impl RecordReader {
     /// Waits until records are available, then appends all of them to `out`.
     pub async fn read(&mut self, out: &mut Vec<KernelRecord>) -> io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        Self::drain_ring(guard.get_inner_mut(), &mut self.decode_errors, out);
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Appends what is available now to `out`, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<KernelRecord>) {
+        Self::drain_ring(self.ring.get_mut(), &mut self.decode_errors, out);
+    }
+
+    fn drain_ring(
+        ring: &mut RingBuf<MapData>,
+        decode_errors: &mut u64,
+        out: &mut Vec<KernelRecord>,
+    ) {
         while let Some(item) = ring.next() {
             match KernelRecord::decode(&item) {
                 Ok(record) => out.push(record),
                 Err(error) => {
-                    self.decode_errors += 1;
-                    warn!(%error, total = self.decode_errors, "undecodable kernel record");
+                    *decode_errors += 1;
+                    warn!(%error, total = *decode_errors, "undecodable kernel record");
                 }
             }
         }
-        guard.clear_ready();
-        Ok(())
     }
 
     /// Records that could not be decoded (a kernel/user type mismatch: a bug).

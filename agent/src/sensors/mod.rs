@@ -6,8 +6,12 @@
 //! written into the programs before load, so one object serves many kernels.
 
 pub mod btf;
+pub mod files;
 mod loader;
+pub mod network;
 pub mod records;
+mod syscall_names;
+pub mod syscalls;
 
 pub use loader::{
     KernelCounters, RecordReader, RecordReaders, SensorError, SensorOptions, Sensors, TracedCgroups,

@@ -55,6 +55,12 @@ pub enum KernelRecord {
     Exit(ExitRecord),
     Fork(ForkRecord),
     // --- activity records (files, network, syscalls): add variants below ---
+    /// open, openat, openat2, creat.
+    FileOpen(super::files::FileOpenRecord),
+    /// connect, listen, accept.
+    Network(super::network::NetworkRecord),
+    /// First use of a syscall by a cgroup.
+    SyscallFirstUse(super::syscalls::SyscallRecord),
     // --- end of activity records ---
 }
 
@@ -86,6 +92,15 @@ impl KernelRecord {
                 }))
             }
             // --- activity record kinds: add arms below ---
+            Some(shared::EventKind::FileOpen) => Ok(Self::FileOpen(super::files::decode(bytes)?)),
+            Some(
+                network @ (shared::EventKind::Connect
+                | shared::EventKind::Listen
+                | shared::EventKind::Accept),
+            ) => Ok(Self::Network(super::network::decode(network, bytes)?)),
+            Some(shared::EventKind::SyscallFirstUse) => {
+                Ok(Self::SyscallFirstUse(super::syscalls::decode(bytes)?))
+            }
             // --- end of activity record kinds ---
             #[allow(unreachable_patterns)]
             Some(_) | None => Err(DecodeError::UnknownKind { kind }),
@@ -98,6 +113,9 @@ impl KernelRecord {
             Self::Exit(exit) => &exit.header,
             Self::Fork(fork) => &fork.header,
             // --- activity record headers: add arms below ---
+            Self::FileOpen(open) => &open.header,
+            Self::Network(network) => &network.header,
+            Self::SyscallFirstUse(syscall) => &syscall.header,
             // --- end of activity record headers ---
         }
     }

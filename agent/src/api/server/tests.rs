@@ -487,3 +487,79 @@ async fn too_long_socket_path_is_explained() {
     assert!(matches!(error, SocketError::TooLong { .. }), "{error}");
     assert!(error.to_string().contains("too long"), "{error}");
 }
+
+/// A syscall sensor that knows one container, `ID_A`, which used read (0) and execve (59).
+struct OneContainer;
+
+#[tonic::async_trait]
+impl SyscallSetLookup for OneContainer {
+    async fn syscall_set(&self, id: &str) -> Result<proto::SyscallSet, SyscallLookupError> {
+        if !ID_A.starts_with(id) {
+            return Err(SyscallLookupError::NotFound { id: id.to_owned() });
+        }
+        let syscall = |number, name: &str| proto::SyscallEvent {
+            number,
+            name: name.to_owned(),
+        };
+        Ok(proto::SyscallSet {
+            container_id: ID_A.to_owned(),
+            syscalls: vec![syscall(0, "read"), syscall(59, "execve")],
+        })
+    }
+}
+
+#[tokio::test]
+async fn get_syscalls_answers_found_not_found_and_invalid_ids_precisely() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custos.sock");
+    let server = ApiServer::bind(EventHub::new(1), status_provider(), &path, None)
+        .await
+        .unwrap()
+        .with_syscalls(Arc::new(OneContainer));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let mut client = within("connect", connect_unix(&path)).await.unwrap();
+    let ask = |id: &str| proto::GetSyscallsRequest {
+        container_id: id.to_owned(),
+    };
+
+    // Full id, 12-character prefix, upper case.
+    for id in [ID_A, &ID_A[..12], &ID_A[..20].to_ascii_uppercase()] {
+        let set = client.get_syscalls(ask(id)).await.unwrap().into_inner();
+        assert_eq!(set.container_id, ID_A, "asked {id}");
+        assert_eq!(set.syscalls.len(), 2);
+    }
+    let status = client.get_syscalls(ask(&"f".repeat(64))).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status}");
+    for bad in [
+        "",
+        &ID_A[..11],
+        "0123456789abcdefg",
+        &format!("{ID_A}0"),
+        "../../etc/x",
+    ] {
+        let status = client.get_syscalls(ask(bad)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status}");
+        assert!(status.message().contains("container_id"), "{status}");
+    }
+
+    let _ = stop.send(());
+    within("the server to stop", task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn get_syscalls_without_the_sensor_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(&dir.path().join("custos.sock")).await;
+    let mut client = within("connect", connect_unix(&server.path)).await.unwrap();
+    let status = client
+        .get_syscalls(proto::GetSyscallsRequest {
+            container_id: ID_A.to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    server.stop().await;
+}

@@ -1,0 +1,396 @@
+//! Network sensor: outbound `connect`, inbound `listen` and `accept`/`accept4`.
+//!
+//! Each call is noted at `sys_enter_*` (the fd, and for connect the address the caller gave,
+//! which lives in its memory) into `PENDING_NET`, per thread, and sent from `sys_exit_*` with
+//! the result. The socket itself is read at exit through the fd table
+//! (`task->files->fdt->fd[fd]->private_data` is the `struct socket`), at offsets from BTF: its
+//! type and protocol, and the addresses the kernel keeps in `sock_common` (the listening
+//! address, the peer of an accepted connection, the local side of a connect).
+//!
+//! Only traced cgroups are followed, and identical actions of one cgroup are sent once per
+//! repeat window (`check_repeat`), the suppressed ones counted in the next record.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel,
+        generated::{bpf_probe_read_kernel as probe_read_kernel_raw, bpf_probe_read_user},
+    },
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use custos_ebpf::{
+    Counter, EventKind,
+    net::{AF_INET, AF_INET6, AF_UNIX, NET_ADDR_LEN, NetAddr, NetRecord, PendingNet},
+};
+
+use super::common::{
+    ACTIVITY, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
+    is_traced,
+};
+
+/// Network calls in flight, by thread id. LRU: calls whose exit is never seen age out.
+#[map]
+static PENDING_NET: LruHashMap<u32, PendingNet> = LruHashMap::with_max_entries(8192, 0);
+
+/// One record per CPU to build in: it is too large for the stack.
+#[map]
+static NET_SCRATCH: PerCpuArray<NetRecord> = PerCpuArray::with_max_entries(1, 0);
+
+// Offsets in the syscall tracepoints' records: 8-byte common header, `__syscall_nr` padded to
+// 8, then the arguments (8 bytes each); at exit, `ret` after the same 16 bytes.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const EXIT_RET: usize = 16;
+
+const EBADF: i64 = 9;
+const EAGAIN: i64 = 11;
+const ENOTSOCK: i64 = 88;
+/// `sizeof(struct sockaddr_un)`: the most a unix address can use.
+const SOCKADDR_UN_LEN: u32 = 110;
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx, EventKind::Connect);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx, EventKind::Connect);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx, EventKind::Listen);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx, EventKind::Listen);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx, EventKind::Accept);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx, EventKind::Accept);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx, EventKind::Accept);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx, EventKind::Accept);
+    0
+}
+
+#[inline(always)]
+fn try_enter(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
+    let (tid, pid) = current_ids();
+    if is_agent(pid) || !is_traced(unsafe { bpf_get_current_cgroup_id() }) {
+        return Ok(());
+    }
+    let fd: i64 = unsafe { ctx.read_at(ARG0) }?;
+    let mut pending = PendingNet {
+        kind: kind as u32,
+        fd: fd as i32,
+        addr: NetAddr {
+            len: 0,
+            _pad: 0,
+            bytes: [0u8; NET_ADDR_LEN],
+        },
+    };
+    if matches!(kind, EventKind::Connect) {
+        let user_addr: u64 = unsafe { ctx.read_at(ARG1) }?;
+        let addr_len: i64 = unsafe { ctx.read_at(ARG2) }?;
+        let len = if addr_len < 0 {
+            0
+        } else if addr_len as usize > NET_ADDR_LEN {
+            NET_ADDR_LEN as u32
+        } else {
+            addr_len as u32
+        };
+        // SAFETY: a probe read into a buffer of NET_ADDR_LEN bytes, `len` <= NET_ADDR_LEN.
+        let read = unsafe {
+            bpf_probe_read_user(
+                pending.addr.bytes.as_mut_ptr().cast(),
+                len,
+                user_addr as *const core::ffi::c_void,
+            )
+        };
+        pending.addr.len = if read == 0 { len } else { 0 };
+    }
+    if PENDING_NET.insert(&tid, &pending, 0).is_err() {
+        count(Counter::PendingNetDropped);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_exit(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
+    let (tid, pid) = current_ids();
+    let Some(pending) = PENDING_NET.get_ptr(&tid) else {
+        return Ok(());
+    };
+    let result = emit(ctx, kind, tid, pid, pending);
+    let _ = PENDING_NET.remove(&tid);
+    result
+}
+
+#[inline(always)]
+fn emit(
+    ctx: &TracePointContext,
+    kind: EventKind,
+    tid: u32,
+    pid: u32,
+    pending: *const PendingNet,
+) -> Result<(), i64> {
+    // SAFETY: a live value of PENDING_NET; only this thread uses its entry.
+    let pending = unsafe { &*pending };
+    if pending.kind != kind as u32 {
+        return Ok(());
+    }
+    let ret: i64 = unsafe { ctx.read_at(EXIT_RET) }?;
+    // A non-blocking accept with nothing queued is not an action.
+    if matches!(kind, EventKind::Accept) && ret == -EAGAIN {
+        return Ok(());
+    }
+    let record = NET_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let record = unsafe { &mut *record };
+    record.remote.len = 0;
+    record.local.len = 0;
+    record.sock_type = 0;
+    record.protocol = 0;
+    record.result = ret;
+
+    // The socket the call was about: for a successful accept, the new connection. When the fd
+    // was not a socket at all, there is nothing to read.
+    let sock_fd = if matches!(kind, EventKind::Accept) && ret >= 0 {
+        ret as i32
+    } else {
+        pending.fd
+    };
+    let sk = if ret == -EBADF || ret == -ENOTSOCK {
+        0
+    } else {
+        match socket_of_fd(sock_fd) {
+            Some((socket, sk)) => {
+                let offsets = &config().offsets;
+                record.sock_type =
+                    u32::from(read::<u16>(socket, offsets.net_socket_type).unwrap_or(0));
+                record.protocol = u32::from(read::<u16>(sk, offsets.net_sk_protocol).unwrap_or(0));
+                sk
+            }
+            None => 0,
+        }
+    };
+
+    match kind {
+        EventKind::Connect => {
+            record.remote = pending.addr;
+            sock_address(sk, false, &mut record.local);
+        }
+        EventKind::Listen => sock_address(sk, false, &mut record.remote),
+        _ => {
+            if ret >= 0 {
+                sock_address(sk, true, &mut record.remote);
+            }
+            sock_address(sk, false, &mut record.local);
+        }
+    }
+
+    let family = family_of(&record.remote).unwrap_or(family_of(&record.local).unwrap_or(0));
+    // Only IP and unix sockets; a connect to AF_UNSPEC is a UDP "disconnect", not an action.
+    if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
+        return Ok(());
+    }
+    let what = repeat_key(kind, record);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let Some(repeats) = check_repeat(cgroup_id, kind, what, now) else {
+        return Ok(());
+    };
+    record.repeats = repeats;
+    fill_header(&mut record.header, kind, tid, pid);
+    match ACTIVITY.output::<NetRecord>(&*record, 0) {
+        Ok(()) => count(Counter::ActivitySent),
+        Err(_) => count(Counter::ActivityDropped),
+    }
+    Ok(())
+}
+
+/// Reads a `T` at `base + offset` of kernel memory; `None` for a NULL base or a failed read.
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: a probe read; a bad address makes the helper fail, not fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// `(struct socket *, struct sock *)` of the current task's `fd`.
+#[inline(always)]
+fn socket_of_fd(fd: i32) -> Option<(u64, u64)> {
+    if fd < 0 {
+        return None;
+    }
+    let offsets = &config().offsets;
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, offsets.net_task_files)?;
+    let fdt: u64 = read(files, offsets.net_files_fdt)?;
+    let max_fds: u32 = read(fdt, offsets.net_fdt_max_fds)?;
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, offsets.net_fdt_fd)?;
+    let file: u64 = read(fd_array, fd as u32 * 8)?;
+    let socket: u64 = read(file, offsets.net_file_private_data)?;
+    let sk: u64 = read(socket, offsets.net_socket_sk)?;
+    if sk == 0 {
+        return None;
+    }
+    Some((socket, sk))
+}
+
+/// Writes the local (`peer == false`) or peer address of `sk` into `out` as a sockaddr; leaves
+/// `out.len` 0 when it cannot be read. Unix peers are not known: just the family.
+#[inline(always)]
+fn sock_address(sk: u64, peer: bool, out: &mut NetAddr) {
+    out.len = 0;
+    let offsets = &config().offsets;
+    let Some(family) = read::<u16>(sk, offsets.net_skc_family) else {
+        return;
+    };
+    out.bytes[0..2].copy_from_slice(&family.to_ne_bytes());
+    if family == AF_INET || family == AF_INET6 {
+        // Ports go into the sockaddr in network order: skc_dport already is, skc_num is not.
+        let port = if peer {
+            read::<u16>(sk, offsets.net_skc_dport).unwrap_or(0)
+        } else {
+            read::<u16>(sk, offsets.net_skc_num).unwrap_or(0).to_be()
+        };
+        out.bytes[2..4].copy_from_slice(&port.to_ne_bytes());
+        if family == AF_INET {
+            let offset = if peer {
+                offsets.net_skc_daddr
+            } else {
+                offsets.net_skc_rcv_saddr
+            };
+            let addr = read::<u32>(sk, offset).unwrap_or(0);
+            out.bytes[4..8].copy_from_slice(&addr.to_ne_bytes());
+            out.bytes[8..16].copy_from_slice(&[0u8; 8]);
+            out.len = 16;
+        } else {
+            let offset = if peer {
+                offsets.net_skc_v6_daddr
+            } else {
+                offsets.net_skc_v6_rcv_saddr
+            };
+            let addr = read::<[u8; 16]>(sk, offset).unwrap_or([0u8; 16]);
+            out.bytes[4..8].copy_from_slice(&[0u8; 4]);
+            out.bytes[8..24].copy_from_slice(&addr);
+            out.bytes[24..28].copy_from_slice(&[0u8; 4]);
+            out.len = 28;
+        }
+    } else if family == AF_UNIX {
+        out.len = 2;
+        if peer {
+            return;
+        }
+        // `unix_sock.addr`: NULL while unbound; else `len` bytes of sockaddr_un in `name`.
+        let Some(addr) = read::<u64>(sk, offsets.net_unix_addr) else {
+            return;
+        };
+        let Some(len) = read::<i32>(addr, offsets.net_unix_address_len) else {
+            return;
+        };
+        let len = if len < 0 {
+            0
+        } else if len as u32 > SOCKADDR_UN_LEN {
+            SOCKADDR_UN_LEN
+        } else {
+            len as u32
+        };
+        // SAFETY: a probe read of at most SOCKADDR_UN_LEN (< NET_ADDR_LEN) bytes into `bytes`.
+        let read = unsafe {
+            probe_read_kernel_raw(
+                out.bytes.as_mut_ptr().cast(),
+                len,
+                (addr + u64::from(offsets.net_unix_address_name)) as *const core::ffi::c_void,
+            )
+        };
+        if read == 0 && len >= 2 {
+            out.len = len;
+        }
+    }
+}
+
+#[inline(always)]
+fn family_of(addr: &NetAddr) -> Option<u16> {
+    if addr.len < 2 {
+        return None;
+    }
+    Some(u16::from_ne_bytes([addr.bytes[0], addr.bytes[1]]))
+}
+
+/// What makes two calls identical. connect: protocol, family, peer address and port; listen:
+/// the local address and port; accept: the peer address and the local port (not the peer's
+/// random port). The result's sign (success or which error) is part of it: a refused connect
+/// followed by one that works are two different things.
+#[inline(always)]
+fn repeat_key(kind: EventKind, record: &NetRecord) -> u64 {
+    let (addr, with_port) = match kind {
+        EventKind::Accept => (&record.remote, false),
+        _ => (&record.remote, true),
+    };
+    let family = family_of(addr).unwrap_or(0);
+    let mut hash = match family {
+        AF_INET => hash_bytes(&addr.bytes[4..8], 4),
+        AF_INET6 => hash_bytes(&addr.bytes[8..24], 16),
+        AF_UNIX => hash_bytes(&addr.bytes[2..], addr.len.saturating_sub(2) as usize),
+        _ => 0,
+    };
+    let port = if with_port {
+        u16::from_ne_bytes([addr.bytes[2], addr.bytes[3]])
+    } else {
+        // accept: the listening port.
+        u16::from_ne_bytes([record.local.bytes[2], record.local.bytes[3]])
+    };
+    // accept on a unix socket: the listening path stands in for the port.
+    if matches!(kind, EventKind::Accept) && family_of(&record.local) == Some(AF_UNIX) {
+        hash ^= hash_bytes(
+            &record.local.bytes[2..],
+            record.local.len.saturating_sub(2) as usize,
+        );
+    }
+    let result = if matches!(kind, EventKind::Accept) && record.result >= 0 {
+        0
+    } else {
+        record.result as u64
+    };
+    for word in [
+        u64::from(family) | (u64::from(port) << 16) | (u64::from(record.protocol) << 32),
+        u64::from(record.sock_type),
+        result,
+    ] {
+        hash ^= word;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}

@@ -1,0 +1,109 @@
+//! Syscall sets: which syscalls each traced cgroup has used, as a bitmap per cgroup in
+//! `SYSCALL_SETS`, with one record the first time a cgroup enters a syscall.
+//!
+//! `raw_syscalls:sys_enter` fires for every syscall on the machine, so the path taken by all
+//! but first uses is kept to: cgroup id, traced?, map lookup, bit test, return.
+//!
+//! Setting a bit is not atomic. `core`'s atomics offer no `fetch_or` on `bpfel-unknown-none`
+//! (`atomic-cas: false`), and `core::intrinsics::atomic_or` compiles (with `--cpu generic`, and
+//! even with `-C target-cpu=v3`) to a non-fetching `lock *(u64 *)(r + 0) |= r`, so its result
+//! cannot say which CPU set the bit first. Exactly one event per (container, syscall) is
+//! therefore guaranteed in user space (`agent/src/sensors/syscalls.rs`), which keeps its own
+//! copy of every set.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_cgroup_id,
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use custos_ebpf::{
+    Counter, EventKind,
+    syscall::{SYSCALL_MAX, SYSCALL_SETS_MAX, SYSCALL_WORDS, SyscallBits, SyscallRecord},
+};
+
+use super::common::{ACTIVITY, count, current_ids, fill_header, is_agent, is_traced};
+
+/// Syscalls used, per cgroup id. A plain (not LRU) hash: a set must never be silently
+/// forgotten while its cgroup lives; user space deletes the sets of cgroups that are gone.
+#[map]
+static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCALL_SETS_MAX, 0);
+
+/// Offset of `long id` in the `raw_syscalls:sys_enter` record (after the 8-byte common header).
+const SYS_ENTER_ID: usize = 8;
+
+const EEXIST: i32 = 17;
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !is_traced(cgroup_id) {
+        return Ok(());
+    }
+    let id: i64 = unsafe { ctx.read_at(SYS_ENTER_ID) }?;
+    if id < 0 || id >= i64::from(SYSCALL_MAX) {
+        return Ok(());
+    }
+    let number = id as u32;
+    // Masked, not just range-checked: the verifier (and the optimiser) must see the index stay
+    // in bounds, or a bounds-check panic call is left in the program.
+    let word = ((number / 64) as usize) & (SYSCALL_WORDS - 1);
+    let bit = 1u64 << (number % 64);
+    let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
+        Some(set) => set,
+        None => first_set(cgroup_id)?,
+    };
+    // SAFETY: a live value of this map; `word` < SYSCALL_WORDS by the mask above.
+    let slot = unsafe { &mut (*set).words[word] };
+    if *slot & bit != 0 {
+        return Ok(());
+    }
+    // Rare from here on: a syscall this cgroup has not used before (or the agent itself, when
+    // host processes are traced: its bits are never set, it is never reported).
+    let (tid, pid) = current_ids();
+    if is_agent(pid) {
+        return Ok(());
+    }
+    // A plain read-modify-write, not an atomic one: the BPF target has no fetch-or that
+    // compiles to a usable result (see the module documentation). Two CPUs racing here may
+    // both send a record (user space drops the duplicate) or lose each other's bit in this
+    // word (the lost syscall is sent again on its next use, and user space's own copy of the
+    // set keeps it meanwhile).
+    *slot |= bit;
+    let Some(mut entry) = ACTIVITY.reserve::<SyscallRecord>(0) else {
+        // Ring buffer full: forget the bit so that the next use is reported instead.
+        *slot &= !bit;
+        count(Counter::ActivityDropped);
+        return Ok(());
+    };
+    // SAFETY: the reserved entry is exclusively ours until submit.
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut record.header, EventKind::SyscallFirstUse, tid, pid);
+    record.number = number;
+    record._pad = 0;
+    entry.submit(0);
+    count(Counter::ActivitySent);
+    Ok(())
+}
+
+/// The set of a cgroup seen for the first time: inserts an empty one (another CPU may have
+/// done so just before, which is fine) and returns it.
+#[inline(always)]
+fn first_set(cgroup_id: u64) -> Result<*mut SyscallBits, i64> {
+    let empty = SyscallBits {
+        words: [0; SYSCALL_WORDS],
+    };
+    if let Err(error) = SYSCALL_SETS.insert(&cgroup_id, &empty, BPF_NOEXIST as u64)
+        && error != -EEXIST
+    {
+        count(Counter::SyscallSetsFull);
+        return Err(i64::from(error));
+    }
+    SYSCALL_SETS.get_ptr_mut(&cgroup_id).ok_or(0)
+}
