@@ -1,5 +1,6 @@
-//! Developer tasks for Custos: `cargo xtask <setup|run|test|lint>` (see `cargo xtask --help`).
+//! Developer tasks for Custos: `cargo xtask <setup|run|test|lint|bench>` (see `cargo xtask --help`).
 
+mod bench;
 mod cmd;
 mod setup;
 
@@ -56,6 +57,20 @@ enum Task {
     },
     /// `cargo fmt --all -- --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
+    /// Set up, build the agent (release) and benchmark it: workload overhead with the agent
+    /// attached vs not, events/s to one subscriber, agent memory. Writes docs/bench/latest.{md,json}
+    /// and the README's table. Needs root; takes a few minutes.
+    Bench {
+        /// Rounds; each runs every workload once with and once without the agent.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Seconds each offered-load step of the throughput test lasts.
+        #[arg(long, default_value_t = 2.0)]
+        storm_seconds: f64,
+        /// Benchmark this `custos` binary instead of building target/release/custos.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +91,17 @@ fn run(task: Task) -> Result<()> {
         Task::Run { args } => run_agent(&args),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
+        Task::Bench {
+            rounds,
+            storm_seconds,
+            agent,
+        } => bench(
+            agent,
+            &bench::Options {
+                rounds,
+                storm_seconds,
+            },
+        ),
     }
 }
 
@@ -96,6 +122,25 @@ fn run_agent(args: &[OsString]) -> Result<()> {
     // status becomes ours.
     let err = agent.exec();
     Err(err).with_context(|| format!("could not execute {}", binary.display()))
+}
+
+fn bench(agent: Option<PathBuf>, options: &bench::Options) -> Result<()> {
+    setup::all()?;
+    let root = workspace_root();
+    let target = target_dir(&root);
+    let binary = match agent {
+        Some(binary) => env::current_dir()?.join(binary),
+        None => {
+            step("building the agent (release)");
+            cmd::run(
+                Command::new(setup::cargo())
+                    .args(["build", "--release", "-p", "custos"])
+                    .current_dir(&root),
+            )?;
+            target.join("release/custos")
+        }
+    };
+    bench::run(&root, &target, &binary, options)
 }
 
 fn test(args: &[OsString]) -> Result<()> {

@@ -54,6 +54,44 @@ pub enum SyscallLookupError {
     Ambiguous { id: String, matches: usize },
 }
 
+/// Answers the profile calls (`ListProfiles`, `ExportProfiles`, `ImportProfiles`,
+/// `GetContainerProfile`): the learning component's view of its profiles.
+#[tonic::async_trait]
+pub trait ProfilesApi: Send + Sync + 'static {
+    async fn list(&self) -> Vec<proto::ProfileSummary>;
+    /// YAML of the named profiles (all when `names` is empty).
+    async fn export(&self, names: &[String]) -> Result<String, ProfilesError>;
+    /// Loads YAML documents, all or nothing; returns the names of the profiles loaded.
+    async fn import(&self, yaml: &str, source: &str) -> Result<Vec<String>, ProfilesError>;
+    /// The profile and mode of the one container whose id is `id` or starts with it (checked:
+    /// 12 to 64 lowercase hex characters).
+    async fn container_profile(&self, id: &str) -> Result<proto::ContainerProfile, ProfilesError>;
+}
+
+/// Why a profile call fails; each maps to one gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilesError {
+    /// NOT_FOUND
+    #[error("{0}")]
+    NotFound(String),
+    /// INVALID_ARGUMENT: the documents or the request are wrong (the message says where).
+    #[error("{0}")]
+    Invalid(String),
+    /// INTERNAL: the agent could not do it (e.g. the state dir is not writable).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ProfilesError> for Status {
+    fn from(error: ProfilesError) -> Self {
+        match error {
+            ProfilesError::NotFound(message) => Status::not_found(message),
+            ProfilesError::Invalid(message) => Status::invalid_argument(message),
+            ProfilesError::Internal(message) => Status::internal(message),
+        }
+    }
+}
+
 /// Shortest container id prefix `GetSyscalls` accepts.
 pub const MIN_CONTAINER_PREFIX: usize = 12;
 
@@ -89,6 +127,7 @@ pub struct CustosService {
     stopping: watch::Receiver<bool>,
     /// Answers `GetSyscalls`; `None` until the syscall sensor is running.
     syscalls: Option<Arc<dyn SyscallSetLookup>>,
+    profiles: Option<Arc<dyn ProfilesApi>>,
 }
 
 impl CustosService {
@@ -100,6 +139,7 @@ impl CustosService {
             status,
             stopping,
             syscalls: None,
+            profiles: None,
         }
     }
 
@@ -107,6 +147,17 @@ impl CustosService {
     pub fn with_syscalls(mut self, lookup: Option<Arc<dyn SyscallSetLookup>>) -> Self {
         self.syscalls = lookup;
         self
+    }
+
+    pub fn with_profiles(mut self, profiles: Option<Arc<dyn ProfilesApi>>) -> Self {
+        self.profiles = profiles;
+        self
+    }
+
+    fn profiles(&self) -> Result<&Arc<dyn ProfilesApi>, Status> {
+        self.profiles
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("profiles are not available in this agent"))
     }
 }
 
@@ -167,6 +218,45 @@ impl Custos for CustosService {
                 Err(Status::invalid_argument(error.to_string()))
             }
         }
+    }
+
+    async fn list_profiles(
+        &self,
+        _request: Request<proto::ListProfilesRequest>,
+    ) -> Result<Response<proto::ListProfilesResponse>, Status> {
+        let profiles = self.profiles()?.list().await;
+        Ok(Response::new(proto::ListProfilesResponse { profiles }))
+    }
+
+    async fn export_profiles(
+        &self,
+        request: Request<proto::ExportProfilesRequest>,
+    ) -> Result<Response<proto::ProfileDocuments>, Status> {
+        let yaml = self.profiles()?.export(&request.get_ref().names).await?;
+        Ok(Response::new(proto::ProfileDocuments { yaml }))
+    }
+
+    async fn import_profiles(
+        &self,
+        request: Request<proto::ImportProfilesRequest>,
+    ) -> Result<Response<proto::ImportProfilesResponse>, Status> {
+        let request = request.get_ref();
+        let source = if request.source.is_empty() {
+            "the request"
+        } else {
+            &request.source
+        };
+        let names = self.profiles()?.import(&request.yaml, source).await?;
+        Ok(Response::new(proto::ImportProfilesResponse { names }))
+    }
+
+    async fn get_container_profile(
+        &self,
+        request: Request<proto::GetContainerProfileRequest>,
+    ) -> Result<Response<proto::ContainerProfile>, Status> {
+        let id = parse_container_prefix(&request.get_ref().container_id)?;
+        let profile = self.profiles()?.container_profile(&id).await?;
+        Ok(Response::new(profile))
     }
 }
 
@@ -485,6 +575,7 @@ pub struct ApiServer {
     hub: EventHub,
     status: StatusProvider,
     syscalls: Option<Arc<dyn SyscallSetLookup>>,
+    profiles: Option<Arc<dyn ProfilesApi>>,
     unix: UnixSocket,
     tcp: Option<TcpListener>,
 }
@@ -510,6 +601,7 @@ impl ApiServer {
             hub,
             status,
             syscalls: None,
+            profiles: None,
             unix,
             tcp,
         })
@@ -518,6 +610,11 @@ impl ApiServer {
     /// Answers `GetSyscalls` with `lookup` (without one it answers UNAVAILABLE).
     pub fn with_syscalls(mut self, lookup: Arc<dyn SyscallSetLookup>) -> Self {
         self.syscalls = Some(lookup);
+        self
+    }
+
+    pub fn with_profiles(mut self, profiles: Arc<dyn ProfilesApi>) -> Self {
+        self.profiles = Some(profiles);
         self
     }
 
@@ -535,8 +632,9 @@ impl ApiServer {
     /// connections finish (at most [`SHUTDOWN_GRACE`]) and removes the socket file.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let service =
-            CustosService::new(self.hub, self.status, stop_rx.clone()).with_syscalls(self.syscalls);
+        let service = CustosService::new(self.hub, self.status, stop_rx.clone())
+            .with_syscalls(self.syscalls)
+            .with_profiles(self.profiles);
         let (listener, socket_file) = self.unix.into_parts();
         let unix_path = socket_file.path.clone();
         let stopped = |mut rx: watch::Receiver<bool>| async move {
