@@ -24,6 +24,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Stream events from a running agent, one per line, until interrupted.
     Events(EventsArgs),
+    /// Behaviour profiles: learning status, export, import, merge, diff, seccomp.
+    Profiles(crate::profile_commands::ProfilesArgs),
 }
 
 /// Flags of `custos agent`. Each one, when given, overrides the configuration file (or the

@@ -17,7 +17,18 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     pub sensors: SensorsConfig,
     pub modes: ModesConfig,
+    pub profiles: ProfilesConfig,
     pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProfilesConfig {
+    /// Directory of `BehaviorProfile` YAML files, imported and watched; none when absent.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// A profile is `stable` after this long without a new entry.
+    pub stable_after_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

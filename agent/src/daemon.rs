@@ -16,8 +16,9 @@ use crate::{
         server::{ApiServer, StatusProvider},
     },
     cli::AgentArgs,
-    config::Config,
+    config::{self, Config},
     containers::ContainerRegistry,
+    learning::Learner,
     pipeline::{self, BootClock, Enricher},
     processes::ProcessTable,
     sensors::{
@@ -60,6 +61,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     trace_running_containers(&containers, &traced);
     let syscall_sets = Arc::new(SyscallSets::new(syscall_map, Arc::clone(&containers)));
     let api = api.with_syscalls(Arc::clone(&syscall_sets) as _);
+    let config_updates = config::watch(args.config.clone(), config.clone(), {
+        let args = args.clone();
+        move |config| config.apply_flags(&args)
+    });
+    let learner = Learner::open(&config.state_dir, config_updates, Arc::clone(&containers))
+        .context("opening the profile store")?;
+    let api = api.with_profiles(Arc::clone(&learner) as _);
     let clock = BootClock::now();
     let enricher = Arc::new(Enricher {
         node: node.clone(),
@@ -68,10 +76,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         processes,
         traced: Some(traced),
         syscalls: Some(Arc::clone(&syscall_sets)),
+        learner: Some(Arc::clone(&learner)),
     });
     let tasks = [
         tokio::spawn(pipeline::run(readers, enricher, hub.clone())),
         tokio::spawn(syscall_sets.sweep_loop()),
+        tokio::spawn(Arc::clone(&learner).run_flusher()),
         tokio::spawn(pipeline::report_drops(
             kernel_counters(Arc::clone(&sensors)),
             node.clone(),
@@ -95,10 +105,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         println!("custos agent listening on tcp:{addr}");
     }
 
+    if let Some(dir) = config.profiles.directory.clone() {
+        tokio::spawn(Arc::clone(&learner).watch_directory(dir));
+    }
     let result = api.serve(shutdown_signal()).await;
     for task in tasks {
         task.abort();
     }
+    // Whatever was learned since the last flush.
+    learner.flush();
     if let Err(error) = &result {
         error!("gRPC API failed: {error:#}");
     }

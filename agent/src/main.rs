@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Agent(args) => custos::daemon::run(args).await,
             Command::Events(args) => custos::client::events(args).await,
+            Command::Profiles(args) => custos::profile_commands::run(args).await,
         }
     });
     match result {

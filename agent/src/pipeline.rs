@@ -61,6 +61,8 @@ pub struct Enricher {
     pub traced: Option<Arc<TracedCgroups>>,
     /// Per-cgroup syscall sets: drop first-use records the kernel sent twice.
     pub syscalls: Option<Arc<crate::sensors::syscalls::SyscallSets>>,
+    /// Learns the behaviour of workloads in `learn` mode from every event.
+    pub learner: Option<Arc<crate::learning::Learner>>,
 }
 
 impl Enricher {
@@ -228,6 +230,9 @@ pub async fn run(readers: RecordReaders, enricher: Arc<Enricher>, hub: EventHub)
                 continue;
             }
             let event = enricher.event(record).await;
+            if let Some(learner) = &enricher.learner {
+                learner.observe(&event);
+            }
             hub.publish(Arc::new(event));
         }
     }

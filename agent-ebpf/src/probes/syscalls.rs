@@ -12,7 +12,7 @@
 //! copy of every set.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_cgroup_id,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
@@ -33,6 +33,16 @@ static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCA
 const SYS_ENTER_ID: usize = 8;
 
 const EEXIST: i32 = 17;
+
+/// True while the current task is the container runtime setting the container up (runc names
+/// its processes `runc:[0:PARENT]`, `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's
+/// exec). Their syscalls (mount, pivot_root, ...) are not the workload's: counting them would
+/// put them in the workload's set and hide the workload's own first use of shared ones.
+#[inline(always)]
+fn is_container_runtime() -> bool {
+    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    comm[0] == b'r' && comm[1] == b'u' && comm[2] == b'n' && comm[3] == b'c' && comm[4] == b':'
+}
 
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
@@ -67,7 +77,7 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
     // Rare from here on: a syscall this cgroup has not used before (or the agent itself, when
     // host processes are traced: its bits are never set, it is never reported).
     let (tid, pid) = current_ids();
-    if is_agent(pid) {
+    if is_agent(pid) || is_container_runtime() {
         return Ok(());
     }
     // A plain read-modify-write, not an atomic one: the BPF target has no fetch-or that

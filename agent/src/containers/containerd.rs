@@ -227,6 +227,16 @@ impl ContainerdMetadata {
     }
 
     /// Whether containerd reported the container deleted (and the grace period still runs).
+    /// The cached containers whose id starts with `prefix` (at most `limit` of them).
+    pub fn find_by_prefix(&self, prefix: &str, limit: usize) -> Vec<(String, Arc<ContainerMeta>)> {
+        self.cache
+            .iter()
+            .filter(|entry| entry.key().starts_with(prefix))
+            .take(limit)
+            .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
+            .collect()
+    }
+
     pub fn is_deleted(&self, id: &str) -> bool {
         self.deleted.contains_key(id)
     }

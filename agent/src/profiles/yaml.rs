@@ -248,7 +248,10 @@ struct Metadata {
 struct Selector {
     workload: Required,
     container: Required,
-    image: Required,
+    /// Image repository; empty for containers that run from a plain root filesystem rather
+    /// than an image (what `ctr run --rootfs` starts), so such profiles round-trip.
+    #[serde(default)]
+    image: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -359,7 +362,7 @@ fn to_document(profile: &Profile) -> Document {
             selector: Selector {
                 workload: Required(profile.identity.workload.clone()),
                 container: Required(profile.identity.container.clone()),
-                image: Required(profile.identity.image.clone()),
+                image: profile.identity.image.clone(),
             },
             executables: profile.executables.iter().cloned().collect(),
             files: profile
@@ -394,7 +397,7 @@ fn from_document(doc: Document) -> Profile {
     let identity = WorkloadIdentity::new(
         selector.workload.0,
         selector.container.0,
-        image_repository(&selector.image.0),
+        image_repository(&selector.image),
     );
     let mut profile = Profile::new(identity);
     profile.labels = doc.metadata.labels;
