@@ -13,9 +13,9 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use custos_ebpf::{
     Counter, EventKind,
@@ -29,8 +29,8 @@ use super::common::{ACTIVITY, count, current_ids, fill_header, is_agent, is_trac
 #[map]
 static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCALL_SETS_MAX, 0);
 
-/// Offset of `long id` in the `raw_syscalls:sys_enter` record (after the 8-byte common header).
-const SYS_ENTER_ID: usize = 8;
+/// Index of `long id` among the `sys_enter` raw tracepoint's arguments (`regs`, `id`).
+const SYS_ENTER_ID_ARG: usize = 1;
 
 const EEXIST: i32 = 17;
 
@@ -44,19 +44,21 @@ fn is_container_runtime() -> bool {
     comm[0] == b'r' && comm[1] == b'u' && comm[2] == b'n' && comm[3] == b'c' && comm[4] == b':'
 }
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint rather than `raw_syscalls:sys_enter`: it runs on every syscall of the
+/// machine, and the raw form skips building the trace record (all six arguments) each time.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let _ = try_sys_enter(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if !is_traced(cgroup_id) {
         return Ok(());
     }
-    let id: i64 = unsafe { ctx.read_at(SYS_ENTER_ID) }?;
+    let id: i64 = ctx.arg(SYS_ENTER_ID_ARG);
     if id < 0 || id >= i64::from(SYSCALL_MAX) {
         return Ok(());
     }

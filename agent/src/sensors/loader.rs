@@ -4,7 +4,7 @@ use std::{io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use custos_ebpf::{Counter, ProbeConfig};
 use tokio::io::unix::AsyncFd;
@@ -22,6 +22,8 @@ enum Hook {
     TracePoint(&'static str, &'static str),
     /// A BTF-typed tracepoint, by name.
     BtfTracePoint(&'static str),
+    /// A raw tracepoint, by name (arguments as the kernel passes them, no trace record).
+    RawTracePoint(&'static str),
 }
 
 /// Every program and where it attaches, in attach order. `sched_process_exec` goes before the
@@ -120,7 +122,7 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ),
     // --- end of network sensor programs ---
     // --- syscall sensor programs ---
-    ("sys_enter", Hook::TracePoint("raw_syscalls", "sys_enter")),
+    ("sys_enter", Hook::RawTracePoint("sys_enter")),
     // --- end of syscall sensor programs ---
 ];
 
@@ -340,6 +342,11 @@ fn attach(
             let program: &mut TracePoint = program.try_into().map_err(program_error)?;
             program.load().map_err(program_error)?;
             program.attach(category, event).map_err(attach_error)?;
+        }
+        Hook::RawTracePoint(event) => {
+            let program: &mut RawTracePoint = program.try_into().map_err(program_error)?;
+            program.load().map_err(program_error)?;
+            program.attach(event).map_err(attach_error)?;
         }
         Hook::BtfTracePoint(event) => {
             let program: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
