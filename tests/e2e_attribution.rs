@@ -43,8 +43,13 @@ async fn a_process_started_before_the_agent_is_attributed_to_its_container() {
         })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The task is listed as soon as runc creates it; the shell runs once its exec is done
+    // (its name is then `sh`). Only then is it a process that started before the agent.
     let shell_pid = loop {
-        if let Some(pid) = task_pid(&id) {
+        if let Some(pid) = task_pid(&id)
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "sh")
+        {
             break pid;
         }
         assert!(

@@ -211,15 +211,16 @@ impl Learner {
     }
 }
 
-/// True for the container runtime's own processes while it sets a container up: runc names
-/// them `runc:[0:PARENT]`, `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's exec. What
+/// True for the container runtime's own processes while it sets a container up: `runc`
+/// (re-executed as `runc init`, loading its libraries), then `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's exec. What
 /// they do (mounts, host paths, the exec fifo) is not the workload's behaviour. The exec of the
 /// entrypoint itself carries the new name and is learned.
 fn is_container_runtime(event: &proto::Event) -> bool {
     event
         .process
         .as_ref()
-        .is_some_and(|process| process.comm.starts_with("runc:"))
+        .is_some_and(|process| process.comm == "runc" || process.comm.starts_with("runc:"))
 }
 
 /// Learning settings from the configuration.

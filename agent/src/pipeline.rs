@@ -202,9 +202,9 @@ pub fn normalize(path: &str) -> String {
 /// Reads records from one ring buffer until it fails, enriching and publishing each.
 /// Reads both ring buffers until one fails, enriching and publishing each record.
 ///
-/// Process records are always handled before the activity read after them: the kernel wrote a
-/// process's exec before any of its later actions, so draining the process ring first means an
-/// open or connect is never annotated from a process table that has not seen its exec yet.
+/// Records are handled in the order the kernel saw them (by timestamp), across both rings:
+/// whichever ring wakes up, both are drained, and the batch is sorted. An open is then annotated with the process as it was when it opened, before the
+/// exec that may follow it, and never from a table that has not seen its exec yet.
 pub async fn run(readers: RecordReaders, enricher: Arc<Enricher>, hub: EventHub) {
     let RecordReaders {
         mut process,
@@ -212,20 +212,24 @@ pub async fn run(readers: RecordReaders, enricher: Arc<Enricher>, hub: EventHub)
     } = readers;
     let mut process_batch = Vec::with_capacity(256);
     let mut activity_batch = Vec::with_capacity(256);
+    let mut batch = Vec::with_capacity(512);
     loop {
         let result = tokio::select! {
             result = process.read(&mut process_batch) => result,
-            result = activity.read(&mut activity_batch) => {
-                // Activity arrived: first take every process record written before it.
-                process.drain(&mut process_batch);
-                result
-            }
+            result = activity.read(&mut activity_batch) => result,
         };
+        // Whichever woke up, take what the other ring holds too, so that the sort below sees
+        // every record written so far.
+        process.drain(&mut process_batch);
+        activity.drain(&mut activity_batch);
         if let Err(error) = result {
             warn!(%error, "reading a ring buffer failed; sensors stopped");
             return;
         }
-        for record in process_batch.drain(..).chain(activity_batch.drain(..)) {
+        batch.append(&mut process_batch);
+        batch.append(&mut activity_batch);
+        batch.sort_by_key(|record: &KernelRecord| record.header().boot_ns);
+        for record in batch.drain(..) {
             if enricher.is_duplicate(&record) {
                 continue;
             }

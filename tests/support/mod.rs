@@ -68,26 +68,82 @@ pub struct Agent {
     child: Child,
     pub socket: PathBuf,
     pub dir: TempDir,
+    /// Extra arguments of `custos agent`, kept for [`Agent::restart`].
+    extra_args: Vec<std::ffi::OsString>,
 }
 
 impl Agent {
     /// Starts the agent with its API on a socket of its own and waits until the API answers.
     pub async fn start() -> Self {
+        Self::start_with(Vec::<std::ffi::OsString>::new()).await
+    }
+
+    /// Like [`Agent::start`], with extra `custos agent` arguments (e.g. `--config FILE`). The
+    /// state directory is always [`Agent::state_dir`], so a restart finds what was kept.
+    pub async fn start_with<S: Into<std::ffi::OsString>>(
+        extra_args: impl IntoIterator<Item = S>,
+    ) -> Self {
         let dir = TempDir::new("agent");
         let socket = dir.path().join("run/custos.sock");
-        let child = Command::new(custos_bin())
+        let extra_args: Vec<std::ffi::OsString> = extra_args.into_iter().map(Into::into).collect();
+        let child = Self::spawn(&dir, &socket, &extra_args);
+        let mut agent = Self {
+            child,
+            socket,
+            dir,
+            extra_args,
+        };
+        agent.wait_until_answering().await;
+        agent
+    }
+
+    fn spawn(dir: &TempDir, socket: &Path, extra_args: &[std::ffi::OsString]) -> Child {
+        // Appended, so that the log of a restarted agent still holds the first run's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("agent.log"))
+            .expect("log file");
+        Command::new(custos_bin())
             .arg("agent")
             .arg("--listen-unix")
-            .arg(&socket)
+            .arg(socket)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log file"))
+            .stderr(log)
             .spawn()
-            .expect("spawn custos agent");
-        let mut agent = Self { child, socket, dir };
+            .expect("spawn custos agent")
+    }
+
+    /// The agent's state directory (kept across [`Agent::restart`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Kills the agent with SIGKILL (no chance to save anything) and reaps it.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL the agent");
+        let status = self.child.wait().expect("reap the agent");
+        assert!(status.code().is_none(), "agent exited by itself: {status}");
+    }
+
+    /// Starts the agent again with the same arguments, socket and state directory, and waits
+    /// until its API answers. The previous process must be gone (see [`Agent::kill9`]).
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().expect("wait for agent").is_some(),
+            "restart: the agent is still running"
+        );
+        self.child = Self::spawn(&self.dir, &self.socket, &self.extra_args);
+        self.wait_until_answering().await;
+    }
+
+    async fn wait_until_answering(&mut self) {
+        let agent = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = agent.child.try_wait().expect("wait for agent") {
@@ -96,7 +152,7 @@ impl Agent {
             if let Ok(mut client) = custos::client::connect_unix(&agent.socket).await
                 && client.get_status(proto::GetStatusRequest {}).await.is_ok()
             {
-                return agent;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -195,6 +251,18 @@ pub fn ensure_containerd() {
 pub struct Rootfs(TempDir);
 
 impl Rootfs {
+    /// [`Rootfs::busybox`] with links for more applets (e.g. `httpd`, `wget`, `mktemp`).
+    pub fn busybox_with(applets: &[&str]) -> Self {
+        let rootfs = Self::busybox();
+        let bin = rootfs.path().join("bin");
+        for applet in applets {
+            if !bin.join(applet).exists() {
+                std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("link");
+            }
+        }
+        rootfs
+    }
+
     pub fn busybox() -> Self {
         let dir = TempDir::new("rootfs");
         let root = dir.path();
@@ -337,4 +405,86 @@ pub fn install_workload(rootfs: &Rootfs, name: &str) -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     binary
+}
+
+/// A container running in the background (`ctr run --rm`), killed and removed on drop.
+pub struct BackgroundContainer {
+    pub id: String,
+    child: Child,
+}
+
+impl BackgroundContainer {
+    /// Starts `command` like [`run_container_with`] does, without waiting for it to end.
+    pub fn start(
+        id: &str,
+        rootfs: &Rootfs,
+        labels: &PodLabels,
+        command: &[&str],
+        extra_args: &[&str],
+    ) -> Self {
+        let child = Command::new("ctr")
+            .args(["run", "--rm"])
+            .args(extra_args)
+            .args([
+                "--label",
+                &format!("io.kubernetes.pod.namespace={}", labels.namespace),
+            ])
+            .args(["--label", &format!("io.kubernetes.pod.name={}", labels.pod)])
+            .args([
+                "--label",
+                &format!("io.kubernetes.container.name={}", labels.container),
+            ])
+            .arg("--rootfs")
+            .arg(rootfs.path())
+            .arg(id)
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        Self {
+            id: id.to_owned(),
+            child,
+        }
+    }
+
+    /// Panics with ctr's output if the container has already ended.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait for ctr") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("container {} ended early ({status}):\n{stderr}", self.id);
+        }
+    }
+
+    /// Kills the container's processes and waits until `ctr run --rm` has removed it.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("ctr")
+                .args(["task", "kill", "--all", "--signal", "SIGKILL", &self.id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.wait();
+        }
+        // In case `--rm` could not clean up (ctr killed, task never started).
+        let _ = Command::new("ctr")
+            .args(["container", "rm", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for BackgroundContainer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -34,14 +34,18 @@ const SYS_ENTER_ID_ARG: usize = 1;
 
 const EEXIST: i32 = 17;
 
-/// True while the current task is the container runtime setting the container up (runc names
-/// its processes `runc:[0:PARENT]`, `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's
-/// exec). Their syscalls (mount, pivot_root, ...) are not the workload's: counting them would
+/// True while the current task is the container runtime setting the container up: `runc`
+/// (re-executed as `runc init`, still loading its libraries), then `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's exec. Their syscalls (mount, pivot_root, ...) are not the workload's: counting them would
 /// put them in the workload's set and hide the workload's own first use of shared ones.
 #[inline(always)]
 fn is_container_runtime() -> bool {
     let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
-    comm[0] == b'r' && comm[1] == b'u' && comm[2] == b'n' && comm[3] == b'c' && comm[4] == b':'
+    comm[0] == b'r'
+        && comm[1] == b'u'
+        && comm[2] == b'n'
+        && comm[3] == b'c'
+        && (comm[4] == b':' || comm[4] == 0)
 }
 
 /// A raw tracepoint rather than `raw_syscalls:sys_enter`: it runs on every syscall of the

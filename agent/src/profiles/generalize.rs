@@ -320,9 +320,154 @@ pub fn fold_directory(
     folded
 }
 
+/// Removes `access` from the literal entries that `pattern` covers; true when any was removed.
+fn remove_covered(
+    files: &mut BTreeMap<PathPattern, BTreeSet<FileAccess>>,
+    pattern: &PathPattern,
+    access: FileAccess,
+) -> bool {
+    let covered: Vec<PathPattern> = files
+        .iter()
+        .filter(|(path, accesses)| {
+            path.is_literal() && accesses.contains(&access) && pattern.matches(path.as_str())
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    for path in &covered {
+        if let Some(accesses) = files.get_mut(path) {
+            accesses.remove(&access);
+            if accesses.is_empty() {
+                files.remove(path);
+            }
+        }
+    }
+    !covered.is_empty()
+}
+
+/// Shortest random tail that sibling folding considers (mktemp uses 6 characters).
+const MIN_RANDOM_TAIL: usize = 5;
+
+/// Splits a file name into the part up to its last separator (`.`, `-`, `_`) and the tail after
+/// it: `out.FfRIYX` → (`out.`, `FfRIYX`).
+fn stem_and_tail(name: &str) -> Option<(&str, &str)> {
+    let cut = name.rfind(['.', '-', '_'])? + 1;
+    Some((&name[..cut], &name[cut..]))
+}
+
+/// Whether two tails look like two draws of the same random template: same length (at least
+/// [`MIN_RANDOM_TAIL`]), alphanumeric, and different in at least half of their positions
+/// (`FfRIYX` / `a8Xk2q` yes; `config1` / `config2` no).
+fn random_siblings(a: &str, b: &str) -> bool {
+    let alnum = |t: &str| t.bytes().all(|c| c.is_ascii_alphanumeric());
+    if a.len() != b.len() || a.len() < MIN_RANDOM_TAIL || !alnum(a) || !alnum(b) {
+        return false;
+    }
+    let differing = a.bytes().zip(b.bytes()).filter(|(x, y)| x != y).count();
+    differing * 2 >= a.len()
+}
+
+/// Folds `new` with its literal siblings that differ only by a random tail (what `mktemp`
+/// and friends make: `/tmp/out.FfRIYX`, `/tmp/out.a8Xk2q` → `/tmp/out.*`), for `access`.
+/// Names that merely look alike (`app.config1`, `app.config2`) stay literal. Returns true when
+/// something was folded.
+pub fn fold_random_siblings(
+    files: &mut BTreeMap<PathPattern, BTreeSet<FileAccess>>,
+    new: &PathPattern,
+    access: FileAccess,
+    config: &GeneralizeConfig,
+) -> bool {
+    let Some(dir) = new.parent() else {
+        return false;
+    };
+    if !new.is_literal() {
+        // A pattern generalised on the way in (`/tmp/out.*` from `/tmp/out.O9V65P`) takes over
+        // the literal entries it covers (`/tmp/out.zK2khE`, learned before).
+        return remove_covered(files, new, access);
+    }
+    if !config.may_fold(dir) {
+        return false;
+    }
+    let Some((stem, tail)) = stem_and_tail(new.file_name()) else {
+        return false;
+    };
+    let siblings: Vec<PathPattern> = files
+        .iter()
+        .filter(|(pattern, accesses)| {
+            *pattern != new
+                && pattern.is_literal()
+                && pattern.parent() == Some(dir)
+                && accesses.contains(&access)
+                && stem_and_tail(pattern.file_name())
+                    .is_some_and(|(s, t)| s == stem && random_siblings(t, tail))
+        })
+        .map(|(pattern, _)| pattern.clone())
+        .collect();
+    if siblings.is_empty() {
+        return false;
+    }
+    let Ok(wildcard) = PathPattern::parse(&format!("{}/{stem}*", dir.trim_end_matches('/'))) else {
+        return false;
+    };
+    for path in siblings.iter().chain([new]) {
+        if let Some(accesses) = files.get_mut(path) {
+            accesses.remove(&access);
+            if accesses.is_empty() {
+                files.remove(path);
+            }
+        }
+    }
+    files.entry(wildcard).or_default().insert(access);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_temp_siblings_fold_and_look_alikes_do_not() {
+        let config = GeneralizeConfig::default();
+        let mut files = BTreeMap::new();
+        // As the profile learns: a path an entry already covers is not added.
+        let mut learn = |path: &str| {
+            if files.keys().any(|known: &PathPattern| known.matches(path)) {
+                return;
+            }
+            let pattern = PathPattern::parse(path).unwrap();
+            files
+                .entry(pattern.clone())
+                .or_insert_with(BTreeSet::new)
+                .insert(FileAccess::Write);
+            fold_random_siblings(&mut files, &pattern, FileAccess::Write, &config);
+        };
+        learn("/tmp/out.FfRIYX");
+        learn("/tmp/out.aqLmcZ");
+        learn("/tmp/app.config1");
+        learn("/tmp/app.config2");
+        learn("/tmp/out.Zp0xQw");
+        // A name generalised on the way in takes over the literal ones it covers.
+        learn("/tmp/job.kQzXwv");
+        let generalized = PathPattern::parse("/tmp/job.*").unwrap();
+        files
+            .entry(generalized.clone())
+            .or_insert_with(BTreeSet::new)
+            .insert(FileAccess::Write);
+        fold_random_siblings(&mut files, &generalized, FileAccess::Write, &config);
+        let learned: Vec<_> = files.keys().map(PathPattern::as_str).collect();
+        assert_eq!(
+            learned,
+            [
+                "/tmp/app.config1",
+                "/tmp/app.config2",
+                "/tmp/job.*",
+                "/tmp/out.*"
+            ]
+        );
+        let folded = PathPattern::parse("/tmp/out.*").unwrap();
+        assert!(folded.matches("/tmp/out.k2Jd9a"));
+        assert!(!folded.matches("/etc/shadow"));
+        assert!(!folded.matches("/tmp/other.k2Jd9a"));
+    }
 
     fn g(path: &str) -> String {
         generalize_path(path).unwrap().as_str().to_owned()

@@ -400,7 +400,14 @@ impl Profile {
                     return false;
                 };
                 let dir = pattern.parent().map(str::to_owned);
-                let added = self.files.entry(pattern).or_default().insert(*access);
+                let added = self
+                    .files
+                    .entry(pattern.clone())
+                    .or_default()
+                    .insert(*access);
+                if added {
+                    generalize::fold_random_siblings(&mut self.files, &pattern, *access, config);
+                }
                 if let Some(dir) = dir {
                     generalize::fold_directory(&mut self.files, &dir, config);
                 }

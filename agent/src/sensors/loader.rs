@@ -19,11 +19,11 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cu
 #[derive(Debug, Clone, Copy)]
 enum Hook {
     /// A classic tracepoint: (category, name).
-    TracePoint(&'static str, &'static str),
+    Classic(&'static str, &'static str),
     /// A BTF-typed tracepoint, by name.
-    BtfTracePoint(&'static str),
+    Btf(&'static str),
     /// A raw tracepoint, by name (arguments as the kernel passes them, no trace record).
-    RawTracePoint(&'static str),
+    Raw(&'static str),
 }
 
 /// Every program and where it attaches, in attach order. `sched_process_exec` goes before the
@@ -33,96 +33,90 @@ const PROGRAMS: &[(&str, Hook)] = &[
     // process lifecycle
     (
         "sched_process_exec",
-        Hook::TracePoint("sched", "sched_process_exec"),
+        Hook::Classic("sched", "sched_process_exec"),
     ),
     (
         "sched_process_exit",
-        Hook::TracePoint("sched", "sched_process_exit"),
+        Hook::Classic("sched", "sched_process_exit"),
     ),
-    (
-        "sched_process_fork",
-        Hook::BtfTracePoint("sched_process_fork"),
-    ),
+    ("sched_process_fork", Hook::Btf("sched_process_fork")),
     (
         "sys_enter_execve",
-        Hook::TracePoint("syscalls", "sys_enter_execve"),
+        Hook::Classic("syscalls", "sys_enter_execve"),
     ),
     (
         "sys_enter_execveat",
-        Hook::TracePoint("syscalls", "sys_enter_execveat"),
+        Hook::Classic("syscalls", "sys_enter_execveat"),
     ),
     // --- file sensor programs ---
     // Exits before entries, so that no kept open waits for a consumer not yet attached.
-    (
-        "sys_exit_open",
-        Hook::TracePoint("syscalls", "sys_exit_open"),
-    ),
+    ("sys_exit_open", Hook::Classic("syscalls", "sys_exit_open")),
     (
         "sys_exit_openat",
-        Hook::TracePoint("syscalls", "sys_exit_openat"),
+        Hook::Classic("syscalls", "sys_exit_openat"),
     ),
     (
         "sys_exit_openat2",
-        Hook::TracePoint("syscalls", "sys_exit_openat2"),
+        Hook::Classic("syscalls", "sys_exit_openat2"),
     ),
     (
         "sys_exit_creat",
-        Hook::TracePoint("syscalls", "sys_exit_creat"),
+        Hook::Classic("syscalls", "sys_exit_creat"),
     ),
     (
         "sys_enter_open",
-        Hook::TracePoint("syscalls", "sys_enter_open"),
+        Hook::Classic("syscalls", "sys_enter_open"),
     ),
     (
         "sys_enter_openat",
-        Hook::TracePoint("syscalls", "sys_enter_openat"),
+        Hook::Classic("syscalls", "sys_enter_openat"),
     ),
     (
         "sys_enter_openat2",
-        Hook::TracePoint("syscalls", "sys_enter_openat2"),
+        Hook::Classic("syscalls", "sys_enter_openat2"),
     ),
     (
         "sys_enter_creat",
-        Hook::TracePoint("syscalls", "sys_enter_creat"),
+        Hook::Classic("syscalls", "sys_enter_creat"),
     ),
     // --- end of file sensor programs ---
     // --- network sensor programs ---
     // Exits before entries, so that no noted call waits for a consumer not yet attached.
     (
         "sys_exit_connect",
-        Hook::TracePoint("syscalls", "sys_exit_connect"),
+        Hook::Classic("syscalls", "sys_exit_connect"),
     ),
     (
         "sys_exit_listen",
-        Hook::TracePoint("syscalls", "sys_exit_listen"),
+        Hook::Classic("syscalls", "sys_exit_listen"),
     ),
     (
         "sys_exit_accept",
-        Hook::TracePoint("syscalls", "sys_exit_accept"),
+        Hook::Classic("syscalls", "sys_exit_accept"),
     ),
     (
         "sys_exit_accept4",
-        Hook::TracePoint("syscalls", "sys_exit_accept4"),
+        Hook::Classic("syscalls", "sys_exit_accept4"),
     ),
     (
         "sys_enter_connect",
-        Hook::TracePoint("syscalls", "sys_enter_connect"),
+        Hook::Classic("syscalls", "sys_enter_connect"),
     ),
     (
         "sys_enter_listen",
-        Hook::TracePoint("syscalls", "sys_enter_listen"),
+        Hook::Classic("syscalls", "sys_enter_listen"),
     ),
     (
         "sys_enter_accept",
-        Hook::TracePoint("syscalls", "sys_enter_accept"),
+        Hook::Classic("syscalls", "sys_enter_accept"),
     ),
     (
         "sys_enter_accept4",
-        Hook::TracePoint("syscalls", "sys_enter_accept4"),
+        Hook::Classic("syscalls", "sys_enter_accept4"),
     ),
     // --- end of network sensor programs ---
     // --- syscall sensor programs ---
-    ("sys_enter", Hook::RawTracePoint("sys_enter")),
+    ("sys_enter", Hook::Raw("sys_enter")),
     // --- end of syscall sensor programs ---
 ];
 
@@ -338,17 +332,17 @@ fn attach(
     };
     let program = ebpf.program_mut(name).ok_or(SensorError::Missing(name))?;
     match hook {
-        Hook::TracePoint(category, event) => {
+        Hook::Classic(category, event) => {
             let program: &mut TracePoint = program.try_into().map_err(program_error)?;
             program.load().map_err(program_error)?;
             program.attach(category, event).map_err(attach_error)?;
         }
-        Hook::RawTracePoint(event) => {
+        Hook::Raw(event) => {
             let program: &mut RawTracePoint = program.try_into().map_err(program_error)?;
             program.load().map_err(program_error)?;
             program.attach(event).map_err(attach_error)?;
         }
-        Hook::BtfTracePoint(event) => {
+        Hook::Btf(event) => {
             let program: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
             program.load(event, btf).map_err(program_error)?;
             program.attach().map_err(attach_error)?;
