@@ -73,7 +73,7 @@ async fn a_process_started_before_the_agent_is_attributed_to_its_container() {
     std::fs::write(&go, "").expect("create the go file");
 
     let events = collect_until(&mut stream, Duration::from_secs(10), |events| {
-        events.iter().any(|e| is_hostname_open(e))
+        events.iter().any(is_hostname_open)
     })
     .await;
     std::fs::remove_file(&go).ok();
