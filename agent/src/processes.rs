@@ -155,7 +155,7 @@ fn read_proc(pid: u32) -> Option<ProcessInfo> {
         .map(|path| path.to_string_lossy().into_owned())
         .unwrap_or_default();
     let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|bytes| split_cmdline(&bytes))
+        .map(|bytes| crate::sensors::records::split_argv(&bytes))
         .unwrap_or_default();
     Some(ProcessInfo {
         ppid,
@@ -170,17 +170,6 @@ fn read_proc(pid: u32) -> Option<ProcessInfo> {
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn split_cmdline(bytes: &[u8]) -> Vec<String> {
-    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes
-        .split(|&b| b == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
 }
 
 #[cfg(test)]

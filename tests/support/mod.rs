@@ -290,32 +290,35 @@ pub struct PodLabels<'a> {
     pub container: &'a str,
 }
 
-/// Runs a container to completion with `ctr run --rm`, labelled as a kubelet would label it.
-pub fn run_container(id: &str, rootfs: &Rootfs, labels: &PodLabels, command: &[&str]) {
-    let output = Command::new("ctr")
-        .args(["run", "--rm"])
-        .args([
-            "--label",
-            &format!("io.kubernetes.pod.namespace={}", labels.namespace),
-        ])
-        .args(["--label", &format!("io.kubernetes.pod.name={}", labels.pod)])
-        .args([
-            "--label",
-            &format!("io.kubernetes.container.name={}", labels.container),
-        ])
-        .arg("--rootfs")
+/// `ctr run --rm [extra_args] --label … --rootfs ROOTFS ID COMMAND…`: a container labelled as
+/// a kubelet would label it (the labels containerd hands to the agent).
+fn ctr_run(
+    id: &str,
+    rootfs: &Rootfs,
+    labels: &PodLabels,
+    command: &[&str],
+    extra_args: &[&str],
+) -> Command {
+    let mut ctr = Command::new("ctr");
+    ctr.args(["run", "--rm"]).args(extra_args);
+    for (key, value) in [
+        ("io.kubernetes.pod.namespace", labels.namespace),
+        ("io.kubernetes.pod.name", labels.pod),
+        ("io.kubernetes.container.name", labels.container),
+    ] {
+        ctr.args(["--label", &format!("{key}={value}")]);
+    }
+    ctr.arg("--rootfs")
         .arg(rootfs.path())
         .arg(id)
         .args(command)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ctr");
-    assert!(
-        output.status.success(),
-        "ctr run {id} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .stdin(Stdio::null());
+    ctr
+}
+
+/// Runs a container to completion with `ctr run --rm`, labelled as a kubelet would label it.
+pub fn run_container(id: &str, rootfs: &Rootfs, labels: &PodLabels, command: &[&str]) {
+    run_container_with(id, rootfs, labels, command, &[]);
 }
 
 /// Like [`run_container`], with extra `ctr run` options (e.g. `--cap-add CAP_NET_ADMIN`) placed
@@ -327,23 +330,7 @@ pub fn run_container_with(
     command: &[&str],
     extra_args: &[&str],
 ) -> String {
-    let output = Command::new("ctr")
-        .args(["run", "--rm"])
-        .args(extra_args)
-        .args([
-            "--label",
-            &format!("io.kubernetes.pod.namespace={}", labels.namespace),
-        ])
-        .args(["--label", &format!("io.kubernetes.pod.name={}", labels.pod)])
-        .args([
-            "--label",
-            &format!("io.kubernetes.container.name={}", labels.container),
-        ])
-        .arg("--rootfs")
-        .arg(rootfs.path())
-        .arg(id)
-        .args(command)
-        .stdin(Stdio::null())
+    let output = ctr_run(id, rootfs, labels, command, extra_args)
         .output()
         .expect("run ctr");
     assert!(
@@ -422,23 +409,7 @@ impl BackgroundContainer {
         command: &[&str],
         extra_args: &[&str],
     ) -> Self {
-        let child = Command::new("ctr")
-            .args(["run", "--rm"])
-            .args(extra_args)
-            .args([
-                "--label",
-                &format!("io.kubernetes.pod.namespace={}", labels.namespace),
-            ])
-            .args(["--label", &format!("io.kubernetes.pod.name={}", labels.pod)])
-            .args([
-                "--label",
-                &format!("io.kubernetes.container.name={}", labels.container),
-            ])
-            .arg("--rootfs")
-            .arg(rootfs.path())
-            .arg(id)
-            .args(command)
-            .stdin(Stdio::null())
+        let child = ctr_run(id, rootfs, labels, command, extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -188,8 +188,9 @@ pub(crate) fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Splits NUL-terminated arguments; a last argument without its NUL (cut short) is kept.
-fn split_argv(bytes: &[u8]) -> Vec<String> {
+/// Splits NUL-terminated arguments (as in `/proc/<pid>/cmdline` too); a last argument without
+/// its NUL (cut short) is kept.
+pub(crate) fn split_argv(bytes: &[u8]) -> Vec<String> {
     let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     if bytes.is_empty() {
         return Vec::new();
