@@ -198,21 +198,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 /// The built-in configuration with `modes` replaced, a short quiet period, and a profiles
 /// directory of the test's own (not the host's /etc/custos/profiles).
 fn write_config(dir: &Path, modes: &str) -> PathBuf {
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/custos.yaml");
-    let text = std::fs::read_to_string(&default).expect("read the built-in configuration");
-    let mut config: Value = serde_norway::from_str(&text).expect("parse the configuration");
-    config["modes"] = serde_norway::from_str(modes).expect("modes");
-    config["profiles"]["stableAfterSeconds"] = Value::from(STABLE_AFTER_SECONDS);
-    let profiles_dir = dir.join("profiles.d");
-    std::fs::create_dir_all(&profiles_dir).expect("profiles dir");
-    config["profiles"]["directory"] = Value::from(profiles_dir.display().to_string());
-    let path = dir.join("custos.yaml");
-    std::fs::write(
-        &path,
-        serde_norway::to_string(&config).expect("write config"),
-    )
-    .expect("write config");
-    path
+    agent_config(dir, modes, STABLE_AFTER_SECONDS)
 }
 
 /// Learn `workload` in `qa`, monitor it in `prod`, nothing else anywhere (other tests' agents

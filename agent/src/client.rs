@@ -203,7 +203,7 @@ mod tests {
         let error = events(args(&path, &["exec", "bogus"])).await.unwrap_err();
         assert_eq!(
             error.to_string(),
-            r#"invalid filter: unknown event kind "bogus"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop"#
+            r#"invalid filter: unknown event kind "bogus"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop, deviation"#
         );
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();

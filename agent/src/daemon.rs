@@ -18,6 +18,7 @@ use crate::{
     cli::AgentArgs,
     config::{self, Config},
     containers::ContainerRegistry,
+    judge::Judge,
     learning::Learner,
     pipeline::{self, BootClock, Enricher},
     processes::ProcessTable,
@@ -68,6 +69,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let learner = Learner::open(&config.state_dir, config_updates, Arc::clone(&containers))
         .context("opening the profile store")?;
     let api = api.with_profiles(Arc::clone(&learner) as _);
+    let judge = Judge::new(Arc::clone(&learner), hub.clone());
     let clock = BootClock::now();
     let enricher = Arc::new(Enricher {
         node: node.clone(),
@@ -77,11 +79,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         traced: Some(traced),
         syscalls: Some(Arc::clone(&syscall_sets)),
         learner: Some(Arc::clone(&learner)),
+        judge: Some(Arc::clone(&judge)),
     });
     let tasks = [
         tokio::spawn(pipeline::run(readers, enricher, hub.clone())),
         tokio::spawn(syscall_sets.sweep_loop()),
         tokio::spawn(Arc::clone(&learner).run_flusher()),
+        tokio::spawn(judge.run_reporter()),
         tokio::spawn(pipeline::report_drops(
             kernel_counters(Arc::clone(&sensors)),
             node.clone(),

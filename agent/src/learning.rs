@@ -68,6 +68,15 @@ impl Learner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on the profile of `identity` (None when there is none).
+    pub fn with_profile<R>(
+        &self,
+        identity: &WorkloadIdentity,
+        f: impl FnOnce(Option<&crate::profiles::Profile>) -> R,
+    ) -> R {
+        f(self.set().get(identity))
+    }
+
     /// The mode that applies to a workload now (host processes: the default mode).
     pub fn mode_for(&self, workload: &proto::Workload) -> Mode {
         let config = self.config.borrow();
@@ -216,7 +225,7 @@ impl Learner {
 /// `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's exec. What
 /// they do (mounts, host paths, the exec fifo) is not the workload's behaviour. The exec of the
 /// entrypoint itself carries the new name and is learned.
-fn is_container_runtime(event: &proto::Event) -> bool {
+pub(crate) fn is_container_runtime(event: &proto::Event) -> bool {
     event
         .process
         .as_ref()

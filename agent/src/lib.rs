@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod containers;
 pub mod daemon;
+pub mod judge;
 pub mod learning;
 pub mod modes;
 pub mod output;

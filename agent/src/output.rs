@@ -223,6 +223,17 @@ pub fn compact_line(event: &proto::Event) -> String {
             line.push(' ');
             push_word(&mut line, &syscall.name);
         }
+        Some(proto::event::Body::Deviation(deviation)) => {
+            let _ = write!(
+                line,
+                " {} {} {} ",
+                deviation.verdict, deviation.severity, deviation.kind
+            );
+            push_word(&mut line, &deviation.observed);
+            if deviation.count > 1 {
+                let _ = write!(line, " x{}", deviation.count);
+            }
+        }
         Some(proto::event::Body::Drop(drop)) => {
             let _ = write!(
                 line,

@@ -63,6 +63,8 @@ pub struct Enricher {
     pub syscalls: Option<Arc<crate::sensors::syscalls::SyscallSets>>,
     /// Learns the behaviour of workloads in `learn` mode from every event.
     pub learner: Option<Arc<crate::learning::Learner>>,
+    /// Judges every event of workloads in monitor/enforce mode against their profile.
+    pub judge: Option<Arc<crate::judge::Judge>>,
 }
 
 impl Enricher {
@@ -236,6 +238,9 @@ pub async fn run(readers: RecordReaders, enricher: Arc<Enricher>, hub: EventHub)
             let event = enricher.event(record).await;
             if let Some(learner) = &enricher.learner {
                 learner.observe(&event);
+            }
+            if let Some(judge) = &enricher.judge {
+                judge.judge(&event);
             }
             hub.publish(Arc::new(event));
         }

@@ -459,3 +459,25 @@ impl Drop for BackgroundContainer {
         self.kill();
     }
 }
+
+/// Writes `<dir>/custos.yaml`: the built-in configuration with `modes` replaced (YAML text), the
+/// given quiet period, and a profiles directory of the test's own (`<dir>/profiles.d`, not the
+/// host's /etc/custos/profiles). Rewriting it later changes the running agent's modes.
+pub fn agent_config(dir: &Path, modes: &str, stable_after_seconds: u64) -> PathBuf {
+    use serde_norway::Value;
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/custos.yaml");
+    let text = std::fs::read_to_string(&default).expect("read the built-in configuration");
+    let mut config: Value = serde_norway::from_str(&text).expect("parse the configuration");
+    config["modes"] = serde_norway::from_str(modes).expect("modes");
+    config["profiles"]["stableAfterSeconds"] = Value::from(stable_after_seconds);
+    let profiles_dir = dir.join("profiles.d");
+    std::fs::create_dir_all(&profiles_dir).expect("profiles dir");
+    config["profiles"]["directory"] = Value::from(profiles_dir.display().to_string());
+    let path = dir.join("custos.yaml");
+    std::fs::write(
+        &path,
+        serde_norway::to_string(&config).expect("write config"),
+    )
+    .expect("write config");
+    path
+}

@@ -30,11 +30,13 @@ pub enum EventKind {
     Syscall,
     /// The kernel lost records (`proto::DropEvent`).
     Drop,
+    /// A workload did something outside its profile (`proto::DeviationEvent`).
+    Deviation,
 }
 
 impl EventKind {
     /// Every kind, in the order they are listed to users.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Exec,
         EventKind::Exit,
         EventKind::Fork,
@@ -44,6 +46,7 @@ impl EventKind {
         EventKind::Accept,
         EventKind::Syscall,
         EventKind::Drop,
+        EventKind::Deviation,
     ];
 
     /// The name used in filters and output.
@@ -58,6 +61,7 @@ impl EventKind {
             EventKind::Accept => "accept",
             EventKind::Syscall => "syscall",
             EventKind::Drop => "drop",
+            EventKind::Deviation => "deviation",
         }
     }
 
@@ -82,6 +86,7 @@ impl EventKind {
             },
             proto::event::Body::Syscall(_) => EventKind::Syscall,
             proto::event::Body::Drop(_) => EventKind::Drop,
+            proto::event::Body::Deviation(_) => EventKind::Deviation,
         })
     }
 }
@@ -370,7 +375,7 @@ mod tests {
         );
         assert_eq!(
             error.to_string(),
-            r#"unknown event kind "opne"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop"#
+            r#"unknown event kind "opne"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop, deviation"#
         );
     }
 

@@ -177,7 +177,7 @@ impl Observation {
             Body::Syscall(sys) => vec![Observation::Syscall {
                 name: sys.name.clone(),
             }],
-            Body::Exit(_) | Body::Fork(_) | Body::Drop(_) => Vec::new(),
+            Body::Exit(_) | Body::Fork(_) | Body::Drop(_) | Body::Deviation(_) => Vec::new(),
         }
     }
 }

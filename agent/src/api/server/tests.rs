@@ -211,7 +211,7 @@ async fn invalid_filters_are_rejected_with_a_precise_message() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(
         status.message(),
-        r#"invalid filter: unknown event kind "opne"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop"#
+        r#"invalid filter: unknown event kind "opne"; valid kinds: exec, exit, fork, open, connect, listen, accept, syscall, drop, deviation"#
     );
 
     let status = subscribe(

@@ -1,0 +1,177 @@
+//! Monitor mode end to end: a workload is learned in `qa`, its namespace is switched to
+//! `monitor` by editing the configuration file (no restart), the same workload then runs with
+//! zero deviations, and unlearned actions succeed and are each flagged exactly once. Real agent,
+//! real containerd containers, real gRPC; needs root.
+mod support;
+
+use std::time::Duration;
+
+use custos::api::proto;
+use support::*;
+
+fn modes(mode: &str) -> String {
+    format!("default: off\nworkloads:\n- {{workload: watched, namespace: qa, mode: {mode}}}\n")
+}
+
+fn labels(pod: &str) -> PodLabels<'_> {
+    PodLabels {
+        namespace: "qa",
+        pod,
+        container: "app",
+    }
+}
+
+fn deviation_of(event: &proto::Event) -> Option<&proto::DeviationEvent> {
+    match &event.body {
+        Some(proto::event::Body::Deviation(deviation)) => Some(deviation),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monitor_mode_flags_each_unlearned_action_once_and_lets_it_happen() {
+    if !privileged("monitor_mode_flags_each_unlearned_action_once") {
+        return;
+    }
+    ensure_containerd();
+    let dir = TempDir::new("monitor");
+    let config = agent_config(dir.path(), &modes("learn"), 3600);
+    let agent = Agent::start_with(["--config".into(), config.clone().into_os_string()]).await;
+    let mut client = agent.client().await;
+
+    let rootfs = Rootfs::busybox_with(&["nc", "ls"]);
+    std::fs::write(
+        rootfs.path().join("etc/shadow"),
+        "root:secret-hash:1::::::\n",
+    )
+    .unwrap();
+    // `true` (a builtin) last, so that the shell forks for every external command and the
+    // learned lineage is the same in every run.
+    let learned_run = ["/bin/sh", "-c", "/bin/cat /etc/hostname; true"];
+
+    // Learn: the workload runs until its profile holds what it did.
+    run_container(&container_id(), &rootfs, &labels("watched-0"), &learned_run);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let profiles = client
+            .list_profiles(proto::ListProfilesRequest {})
+            .await
+            .expect("list profiles")
+            .into_inner()
+            .profiles;
+        if profiles
+            .iter()
+            .any(|p| p.workload == "watched" && p.executables >= 2 && p.files >= 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "profile not learned: {profiles:#?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Switch to monitor by editing the configuration: effective within a second.
+    agent_config(dir.path(), &modes("monitor"), 3600);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut deviations = subscribe(
+        &mut client,
+        proto::EventFilter {
+            namespaces: vec!["qa".into()],
+            kinds: vec!["deviation".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // The same workload: nothing to flag.
+    let same_id = container_id();
+    run_container(&same_id, &rootfs, &labels("watched-1"), &learned_run);
+    let during_same = collect_until(&mut deviations, Duration::from_secs(2), |_| false).await;
+    let flagged: Vec<_> = during_same
+        .iter()
+        .filter(|e| workload(e).container_id == same_id)
+        .collect();
+    assert!(
+        flagged.is_empty(),
+        "the learned workload was flagged: {flagged:#?}"
+    );
+
+    // Unlearned actions: an exec, a read of /etc/shadow, a write, an outbound connect.
+    let odd_id = container_id();
+    let output = run_container_with(
+        &odd_id,
+        &rootfs,
+        &labels("watched-2"),
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/cat /etc/hostname; /bin/ls / > /dev/null; /bin/cat /etc/shadow; \
+             echo x > /tmp/new.txt; /bin/nc 127.0.0.1 9 < /dev/null; true",
+        ],
+        // The host's network namespace, for a loopback that is up (the connect is refused:
+        // nothing listens on port 9).
+        &["--net-host"],
+    );
+    // Monitor mode lets everything happen.
+    assert!(
+        output.contains("secret-hash"),
+        "the read of /etc/shadow failed: {output}"
+    );
+
+    let expected = [
+        ("exec", "/bin/ls (parent /bin/sh)"),
+        ("file", "/etc/shadow read"),
+        ("file", "/tmp/new.txt write"),
+        ("exec", "/bin/nc (parent /bin/sh)"),
+        ("connect", "tcp 127.0.0.1 port 9"),
+    ];
+    let odd = |e: &proto::Event| workload(e).container_id == odd_id;
+    let events = collect_until(&mut deviations, Duration::from_secs(10), |events| {
+        expected.iter().all(|(kind, observed)| {
+            events
+                .iter()
+                .filter(|e| odd(e))
+                .filter_map(deviation_of)
+                .any(|d| d.kind == *kind && d.observed == *observed)
+        })
+    })
+    .await;
+    let late = collect_until(&mut deviations, Duration::from_secs(1), |_| false).await;
+    let all: Vec<_> = events.iter().chain(&late).filter(|e| odd(e)).collect();
+    for (kind, observed) in expected {
+        let matching: Vec<_> = all
+            .iter()
+            .filter_map(|e| deviation_of(e))
+            .filter(|d| d.kind == kind && d.observed == observed)
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected exactly one {kind} deviation {observed:?}; all deviations: {all:#?}"
+        );
+        let deviation = matching[0];
+        assert_eq!(deviation.verdict, "alerted");
+        assert_eq!(deviation.mode, "monitor");
+        assert_eq!(deviation.profile, "watched-app");
+        assert_eq!(deviation.count, 1);
+    }
+    let shadow = all
+        .iter()
+        .find(|e| deviation_of(e).is_some_and(|d| d.observed == "/etc/shadow read"))
+        .unwrap();
+    assert_eq!(deviation_of(shadow).unwrap().severity, "high");
+    assert_eq!(workload(shadow).pod, "watched-2");
+    let process = shadow.process.as_ref().expect("process");
+    assert_eq!(process.exe, "/bin/cat");
+    assert!(
+        process
+            .ancestors
+            .first()
+            .is_some_and(|a| a.exe == "/bin/sh"),
+        "ancestry: {process:#?}"
+    );
+}
