@@ -145,6 +145,7 @@ fn bench(agent: Option<PathBuf>, options: &bench::Options) -> Result<()> {
 
 fn test(args: &[OsString]) -> Result<()> {
     setup::all()?;
+    setup::deploy_tools()?;
     let root = workspace_root();
     step("running the test suite");
     let mut test = Command::new(setup::cargo());

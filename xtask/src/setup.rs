@@ -7,6 +7,9 @@
 //! 3. `bpf-linker`, built against the libLLVM inside the stable toolchain's sysroot.
 //! 4. tracefs mounted at /sys/kernel/tracing (tracepoint attach reads it); needs root.
 //! 5. containerd answering on its socket (the tests run real containers); needs root.
+//! 6. The deployment-manifest tools (tests/deploy_manifests.rs): `kubectl` must exist (it is
+//!    not packaged for Debian 12, so it is only checked), `kubernetes-validate` is installed
+//!    with pip if missing.
 
 use std::env;
 use std::fs::{self, OpenOptions};
@@ -346,6 +349,61 @@ fn containerd_answers() -> bool {
         ]),
         Duration::from_secs(8),
     )
+}
+
+/// `kubectl` (renders deploy/ with `kubectl kustomize`) and `kubernetes-validate` (validates
+/// the rendered manifests offline against the Kubernetes schemas).
+/// What the test suite needs beyond running the agent: kubectl (to render the manifests) and
+/// kubernetes-validate (to validate them offline).
+pub fn deploy_tools() -> Result<()> {
+    step("kubectl");
+    match cmd::output(Command::new("kubectl").args(["version", "--client"])) {
+        Ok(version) => note(format!(
+            "already present ({})",
+            version.lines().next().unwrap_or_default()
+        )),
+        Err(err) => bail!(
+            "kubectl is missing or does not run ({err:#}). The deployment tests render deploy/ \
+             with `kubectl kustomize`; install kubectl (https://kubernetes.io/docs/tasks/tools/, \
+             it is not in Debian 12's archive) and put it on PATH"
+        ),
+    }
+
+    step("kubernetes-validate (pip)");
+    let installed = || {
+        cmd::output(Command::new("python3").args(["-m", "pip", "show", "kubernetes-validate"]))
+            .is_ok()
+    };
+    if !installed() {
+        cmd::output(Command::new("python3").args(["-m", "pip", "--version"])).context(
+            "kubernetes-validate is missing and `python3 -m pip` does not run: install \
+             python3-pip (Debian) or another Python with pip",
+        )?;
+        let install = || {
+            let mut pip = Command::new("python3");
+            pip.args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+                .stdin(Stdio::null());
+            pip
+        };
+        if let Err(err) = cmd::run(&mut install()) {
+            // Debian's own python3 refuses pip installs (PEP 668); pip then installs into
+            // /usr/local, beside (not over) the Debian-packaged modules.
+            note(format!(
+                "{err:#}; retrying with --break-system-packages (an externally managed Python)"
+            ));
+            cmd::run(install().arg("--break-system-packages"))
+                .context("installing kubernetes-validate with pip")?;
+        }
+    }
+    match cmd::output(Command::new("kubernetes-validate").arg("--version")) {
+        Ok(version) => note(format!("present ({version})")),
+        Err(err) => bail!(
+            "kubernetes-validate is installed (`python3 -m pip show kubernetes-validate`) but \
+             the `kubernetes-validate` command does not run ({err:#}); put pip's scripts \
+             directory on PATH"
+        ),
+    }
+    Ok(())
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {

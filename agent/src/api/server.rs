@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt as _};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::codegen::http;
 use tonic::transport::server::{TcpIncoming, UdsConnectInfo};
 use tonic::{Request, Response, Status};
 
@@ -162,15 +163,16 @@ impl CustosService {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+/// The events of one subscription as the hub shares them (one `Arc` for every subscriber).
+type SharedEventStream = Pin<Box<dyn Stream<Item = Result<Arc<proto::Event>, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Custos for CustosService {
-    type SubscribeStream = EventStream;
-
-    async fn subscribe(
+impl CustosService {
+    /// Registers a subscriber: the stream of the events matching its filter, shared with the
+    /// hub, ending when the server stops.
+    fn open_subscription(
         &self,
         request: Request<proto::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<SharedEventStream, Status> {
         let peer = describe_peer(&request);
         let wire = request.into_inner().filter.unwrap_or_default();
         let filter = EventFilter::try_from_proto(&wire).map_err(|error| {
@@ -184,9 +186,24 @@ impl Custos for CustosService {
             // Err: the server is gone, which also ends the stream.
             let _ = stopping.wait_for(|stopping| *stopping).await;
         };
-        let stream = subscription
-            .map(|event| Ok(proto::Event::clone(&event)))
-            .take_until(stopped);
+        Ok(Box::pin(subscription.map(Ok).take_until(stopped)))
+    }
+}
+
+#[tonic::async_trait]
+impl Custos for CustosService {
+    type SubscribeStream = EventStream;
+
+    /// The generated service's `Subscribe`, which needs owned events (a copy of each). The
+    /// servers route `Subscribe` to [`CustosRoutes`] instead, which writes the shared events
+    /// without copying them.
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let stream = self
+            .open_subscription(request)?
+            .map(|event| event.map(|event| proto::Event::clone(&event)));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -257,6 +274,113 @@ impl Custos for CustosService {
         let id = parse_container_prefix(&request.get_ref().container_id)?;
         let profile = self.profiles()?.container_profile(&id).await?;
         Ok(Response::new(profile))
+    }
+}
+
+/// Full path of the `Subscribe` method.
+const SUBSCRIBE_PATH: &str = "/custos.v1.Custos/Subscribe";
+
+/// The `Custos` service as served: `Subscribe` streams the hub's shared events, encoding each
+/// straight from its `Arc` (no copy of the event per subscriber); every other method goes to
+/// the generated [`CustosServer`]. On the wire nothing changes: one `Event` per message.
+#[derive(Clone)]
+pub struct CustosRoutes {
+    service: Arc<CustosService>,
+    generated: CustosServer<CustosService>,
+}
+
+impl CustosRoutes {
+    pub fn new(service: CustosService) -> Self {
+        let service = Arc::new(service);
+        Self {
+            generated: CustosServer::from_arc(Arc::clone(&service)),
+            service,
+        }
+    }
+}
+
+impl tonic::server::NamedService for CustosRoutes {
+    const NAME: &'static str = proto::custos_server::SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for CustosRoutes
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != SUBSCRIBE_PATH {
+            return tonic::codegen::Service::call(&mut self.generated, request);
+        }
+        let method = SharedSubscribe(Arc::clone(&self.service));
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(SharedEventCodec);
+            Ok(grpc.server_streaming(method, request).await)
+        })
+    }
+}
+
+/// `Subscribe` answered with the hub's shared events.
+struct SharedSubscribe(Arc<CustosService>);
+
+impl tonic::server::ServerStreamingService<proto::SubscribeRequest> for SharedSubscribe {
+    type Response = Arc<proto::Event>;
+    type ResponseStream = SharedEventStream;
+    type Future = tonic::codegen::BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<proto::SubscribeRequest>) -> Self::Future {
+        let result = self.0.open_subscription(request).map(Response::new);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Protobuf codec of `Subscribe` that encodes an `Arc<Event>` in place.
+#[derive(Debug, Clone, Copy, Default)]
+struct SharedEventCodec;
+
+impl tonic::codec::Codec for SharedEventCodec {
+    type Encode = Arc<proto::Event>;
+    type Decode = proto::SubscribeRequest;
+    type Encoder = SharedEventEncoder;
+    type Decoder = tonic_prost::ProstDecoder<proto::SubscribeRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        SharedEventEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            proto::Event,
+            proto::SubscribeRequest,
+        >::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SharedEventEncoder;
+
+impl tonic::codec::Encoder for SharedEventEncoder {
+    type Item = Arc<proto::Event>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        prost::Message::encode(&*item, buf)
+            .map_err(|error| Status::internal(format!("encoding an event: {error}")))
     }
 }
 
@@ -643,7 +767,7 @@ impl ApiServer {
 
         tracing::info!(path = %unix_path.display(), "gRPC API listening on the unix socket");
         let unix_server = tonic::transport::Server::builder()
-            .add_service(CustosServer::new(service.clone()))
+            .add_service(CustosRoutes::new(service.clone()))
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener),
                 stopped(stop_rx.clone()),
@@ -664,7 +788,7 @@ impl ApiServer {
                  this address can read every event"
             );
             let server = tonic::transport::Server::builder()
-                .add_service(CustosServer::new(service.clone()))
+                .add_service(CustosRoutes::new(service.clone()))
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),

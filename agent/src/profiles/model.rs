@@ -297,6 +297,11 @@ impl Default for LearnConfig {
     }
 }
 
+/// Syscalls the kernel makes a process enter when a signal handler returns or an interrupted
+/// call restarts: whether a run uses them depends on signal timing, not on what the program
+/// does, so they are always allowed and never learned (the seccomp export adds them anyway).
+pub const SIGNAL_RETURN_SYSCALLS: &[&str] = &["rt_sigreturn", "restart_syscall"];
+
 /// Milliseconds since the Unix epoch (0 for times before it).
 pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -475,7 +480,9 @@ impl Profile {
                 protocol: *protocol,
                 port: *port,
             }),
-            Observation::Syscall { name } => self.syscalls.contains(name),
+            Observation::Syscall { name } => {
+                SIGNAL_RETURN_SYSCALLS.contains(&name.as_str()) || self.syscalls.contains(name)
+            }
         }
     }
 

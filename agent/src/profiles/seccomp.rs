@@ -18,7 +18,13 @@ use super::model::Profile;
 
 /// Syscalls every container needs between the filter being installed and its entrypoint
 /// running, or to exit at all.
-pub const BASELINE_SYSCALLS: &[&str] = &["execve", "exit", "exit_group", "rt_sigreturn"];
+pub const BASELINE_SYSCALLS: &[&str] = &[
+    "execve",
+    "exit",
+    "exit_group",
+    "rt_sigreturn",
+    "restart_syscall",
+];
 
 pub const ACTION_ALLOW: &str = "SCMP_ACT_ALLOW";
 pub const ACTION_ERRNO: &str = "SCMP_ACT_ERRNO";

@@ -10,7 +10,7 @@
 //! decoding checks the fixed part and then the announced path length against what arrived.
 use custos_ebpf::file as shared;
 
-use super::records::{DecodeError, RecordHeader, c_string, decode_header, read_struct};
+use super::records::{DecodeError, RecordHeader, c_string, decode_header};
 use crate::{api::proto, pipeline::normalize};
 
 /// `O_ACCMODE` and the bits read from it.
@@ -85,11 +85,18 @@ pub fn decode(bytes: &[u8]) -> Result<FileOpenRecord, DecodeError> {
             needed: fixed,
         });
     }
-    // Zero-extend to the full struct so the Pod read sees every byte it needs.
-    let mut full = vec![0u8; std::mem::size_of::<shared::FileOpenRecord>()];
-    let copied = bytes.len().min(full.len());
-    full[..copied].copy_from_slice(&bytes[..copied]);
-    let raw: shared::FileOpenRecord = read_struct(&full)?;
+    // The kernel sends only the used part of the path buffer: copy what came into a zeroed
+    // record on the stack (no heap allocation on this hot path).
+    // SAFETY: the shared record is `#[repr(C)]` integers and byte arrays, valid when zeroed
+    // and for any bytes copied over its prefix; `copied` never exceeds its size.
+    let raw: shared::FileOpenRecord = unsafe {
+        let mut raw = std::mem::MaybeUninit::<shared::FileOpenRecord>::zeroed();
+        let copied = bytes
+            .len()
+            .min(std::mem::size_of::<shared::FileOpenRecord>());
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), raw.as_mut_ptr().cast::<u8>(), copied);
+        raw.assume_init()
+    };
     let path_len = (raw.path_len as usize).min(shared::FILE_PATH_LEN);
     if bytes.len() < fixed + path_len {
         return Err(DecodeError::TooShort {
