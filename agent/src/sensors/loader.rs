@@ -50,17 +50,20 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ),
     // --- file sensor programs ---
     // Exits before entries, so that no kept open waits for a consumer not yet attached.
-    ("sys_exit_open", Hook::Classic("syscalls", "sys_exit_open")),
     (
-        "sys_exit_openat",
+        "sys_exit_open_any",
+        Hook::Classic("syscalls", "sys_exit_open"),
+    ),
+    (
+        "sys_exit_open_any",
         Hook::Classic("syscalls", "sys_exit_openat"),
     ),
     (
-        "sys_exit_openat2",
+        "sys_exit_open_any",
         Hook::Classic("syscalls", "sys_exit_openat2"),
     ),
     (
-        "sys_exit_creat",
+        "sys_exit_open_any",
         Hook::Classic("syscalls", "sys_exit_creat"),
     ),
     (
@@ -269,7 +272,7 @@ impl Sensors {
             known: dashmap::DashSet::new(),
         };
         info!(
-            programs = PROGRAMS.len(),
+            hooks = PROGRAMS.len(),
             trace_host = options.trace_host,
             "eBPF sensors attached"
         );
@@ -334,7 +337,11 @@ fn attach(
     match hook {
         Hook::Classic(category, event) => {
             let program: &mut TracePoint = program.try_into().map_err(program_error)?;
-            program.load().map_err(program_error)?;
+            // A program may serve several tracepoints (listed once per tracepoint): it is
+            // loaded, and verified, only the first time.
+            if program.fd().is_err() {
+                program.load().map_err(program_error)?;
+            }
             program.attach(category, event).map_err(attach_error)?;
         }
         Hook::Raw(event) => {
