@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "strace",
+    // containerd-client's build script runs protoc on containerd's API protos.
+    "protobuf-compiler",
 ];
 
 /// The toolchain the eBPF crate is built with (see agent/build.rs).

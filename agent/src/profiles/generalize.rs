@@ -35,12 +35,37 @@
 //! a /24 is one node's share of it, so /24 would still churn when pods move between nodes),
 //! IPv6 ULA by /48 (the site prefix, same reasoning). Public, loopback, link-local (this
 //! includes the cloud metadata address 169.254.169.254) and everything else stays exact.
+//!
+//! Syscalls: a program that uses sockets waits for readiness only when the data or the peer is
+//! not there yet (busybox wget calls `poll` after a read that would block, and not otherwise), so
+//! whether a run uses `poll` is timing, not behaviour. Learning `socket` therefore also learns
+//! the readiness waits ([`READINESS_WAIT_SYSCALLS`]); nothing else is implied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::model::FileAccess;
 use super::pattern::{IpNet, PathPattern, Peer, canonical_ip};
+
+/// Syscalls that wait for file descriptors to become ready: implied by `socket` (see the
+/// module docs). They only block; they read, write and open nothing.
+pub const READINESS_WAIT_SYSCALLS: &[&str] = &[
+    "poll",
+    "ppoll",
+    "select",
+    "pselect6",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+];
+
+/// Syscalls learned along with `name` because using `name` makes them a matter of timing.
+pub fn implied_syscalls(name: &str) -> &'static [&'static str] {
+    match name {
+        "socket" => READINESS_WAIT_SYSCALLS,
+        _ => &[],
+    }
+}
 
 /// Knobs of the generaliser. The defaults are what the module documentation describes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -440,6 +440,9 @@ impl Profile {
                 if name.is_empty() {
                     return false;
                 }
+                let implied = generalize::implied_syscalls(name);
+                self.syscalls
+                    .extend(implied.iter().map(|implied| (*implied).to_owned()));
                 self.syscalls.insert(name.clone())
             }
         }
@@ -577,6 +580,21 @@ mod tests {
         assert_eq!(counts.syscalls, 1);
         assert_eq!(p.stats.first_seen_ms, 10_000);
         assert_eq!(p.stats.observations, 10);
+    }
+
+    #[test]
+    fn sockets_bring_the_readiness_waits_and_nothing_else() {
+        let syscall = |name: &str| Observation::Syscall { name: name.into() };
+        let mut p = Profile::new(identity());
+        p.learn(&syscall("read"));
+        assert!(!p.allows(&syscall("poll")), "read alone implies nothing");
+        assert!(p.learn(&syscall("socket")));
+        for wait in ["poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait"] {
+            assert!(p.allows(&syscall(wait)), "{wait}");
+            assert!(!p.learn(&syscall(wait)), "{wait} is not new after socket");
+        }
+        assert!(!p.allows(&syscall("connect")));
+        assert!(!p.allows(&syscall("ptrace")));
     }
 
     #[test]
