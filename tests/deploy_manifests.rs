@@ -329,6 +329,17 @@ fn daemonset_agrees_with_configuration(overlay: &str, docs: &[Value], config: &C
         service["spec"]["ports"][0]["targetPort"],
         agent["ports"][0]["name"]
     );
+    // The TCP listener serves mutual TLS, from the custos-tls Secret (cert-manager's keys).
+    for (name, key) in [
+        ("--tls-cert", "tls.crt"),
+        ("--tls-key", "tls.key"),
+        ("--tls-client-ca", "ca.crt"),
+    ] {
+        let path = Path::new(flag(name));
+        assert_eq!(path.file_name().unwrap(), key, "{overlay}: {name}");
+        let secret = &volume_at(path.parent().unwrap())["secret"];
+        assert_eq!(secret["secretName"], "custos-tls", "{overlay}: {name}");
+    }
     // Least privilege: read-only access to BehaviorProfiles, nothing else.
     let role = find(docs, "ClusterRole", "custos-agent");
     assert_eq!(

@@ -38,9 +38,19 @@ pub struct AgentArgs {
     /// Unix socket to serve the gRPC API on (created with mode 0600) [default: /run/custos/custos.sock].
     #[arg(long, value_name = "PATH")]
     pub listen_unix: Option<PathBuf>,
-    /// Also serve the gRPC API on this TCP address (e.g. 127.0.0.1:7447).
+    /// Also serve the gRPC API on this TCP address (e.g. 127.0.0.1:7447), over TLS: needs
+    /// --tls-cert and --tls-key (or api.tls in the configuration).
     #[arg(long, value_name = "ADDR")]
     pub listen_tcp: Option<std::net::SocketAddr>,
+    /// Certificate chain (PEM) of the TCP listener, which serves only TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that TCP clients' certificates must chain to (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Directory for persistent state (created if missing; must be writable) [default: /var/lib/custos].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

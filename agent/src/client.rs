@@ -22,6 +22,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// /run/custos/custos.sock: No such file or directory (os error 2) (is `custos agent`
 /// running?)".
 pub async fn connect_unix(path: impl AsRef<Path>) -> anyhow::Result<CustosClient<Channel>> {
+    Ok(CustosClient::new(unix_channel(path).await?))
+}
+
+/// A channel to the unix socket at `path`, for any of the agent's services (`Custos`, health,
+/// reflection); errors as [`connect_unix`].
+pub async fn unix_channel(path: impl AsRef<Path>) -> anyhow::Result<Channel> {
     let path = path.as_ref().to_owned();
     let connector = {
         let path = path.clone();
@@ -39,7 +45,7 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> anyhow::Result<CustosClient
         .connect_with_connector(connector)
         .await
         .map_err(|error| connect_error(&path, &error))?;
-    Ok(CustosClient::new(channel))
+    Ok(channel)
 }
 
 fn connect_error(path: &Path, error: &(dyn std::error::Error + 'static)) -> anyhow::Error {

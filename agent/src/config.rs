@@ -43,6 +43,37 @@ pub struct SensorsConfig {
 pub struct ApiConfig {
     pub unix_socket: PathBuf,
     pub tcp: Option<SocketAddr>,
+    /// TLS of the TCP listener, which serves nothing else: required when `tcp` is set.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate files of the TCP listener (PEM). With `client_ca_file`, clients must present a
+/// certificate signed by that CA (mutual TLS); without it, any client that reaches the port
+/// can read every event, so leave it out only behind another gate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// Checks what the parser cannot: a TCP listener has TLS.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.tcp, &self.tls) {
+            (Some(addr), None) => Err(format!(
+                "api.tcp is {addr} but api.tls is not set: the TCP listener serves only TLS; set \
+                 api.tls.certFile and api.tls.keyFile (or --tls-cert and --tls-key), or remove \
+                 api.tcp"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -104,6 +135,14 @@ impl Config {
             None => Self::parse(DEFAULT_CONFIG, "the built-in configuration")?,
         };
         config.apply_flags(args);
+        let origin = match &args.config {
+            Some(path) => format!("{} with the command-line flags", path.display()),
+            None => "the built-in configuration with the command-line flags".to_owned(),
+        };
+        config
+            .api
+            .validate()
+            .map_err(|reason| ConfigError::Invalid { origin, reason })?;
         Ok(config)
     }
 
@@ -115,6 +154,19 @@ impl Config {
         }
         if let Some(tcp) = args.listen_tcp {
             config.api.tcp = Some(tcp);
+        }
+        // clap makes --tls-cert and --tls-key come together. A client CA of the file is kept
+        // unless a flag names another: new server files must not turn mutual TLS off.
+        if let (Some(cert_file), Some(key_file)) = (&args.tls_cert, &args.tls_key) {
+            let client_ca_file = config.api.tls.take().and_then(|tls| tls.client_ca_file);
+            config.api.tls = Some(TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file,
+            });
+        }
+        if let (Some(ca), Some(tls)) = (&args.tls_client_ca, &mut config.api.tls) {
+            tls.client_ca_file = Some(ca.clone());
         }
         if let Some(dir) = &args.state_dir {
             config.state_dir = dir.clone();
@@ -164,12 +216,110 @@ mod tests {
             config: None,
             listen_unix: Some("/tmp/x.sock".into()),
             listen_tcp: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             state_dir: Some("/tmp/state".into()),
             containerd_socket: None,
         };
         let config = Config::for_agent(&args).unwrap();
         assert_eq!(config.api.unix_socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(config.state_dir, PathBuf::from("/tmp/state"));
+    }
+
+    fn tls_args(config: Option<PathBuf>, tcp: &str, tls: &[&str]) -> AgentArgs {
+        use clap::Parser as _;
+        let mut argv = vec!["custos", "agent", "--listen-tcp", tcp];
+        argv.extend_from_slice(tls);
+        let config = config.map(|p| p.display().to_string());
+        if let Some(config) = &config {
+            argv.extend(["--config", config]);
+        }
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Agent(args) => args,
+            other => panic!("not agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tcp_listener_without_tls_is_refused_with_what_to_set() {
+        let error = Config::for_agent(&tls_args(None, "127.0.0.1:7447", &[]))
+            .unwrap_err()
+            .to_string();
+        for needed in [
+            "127.0.0.1:7447",
+            "only TLS",
+            "api.tls",
+            "--tls-cert",
+            "built-in",
+        ] {
+            assert!(error.contains(needed), "{needed}: {error}");
+        }
+        let text = DEFAULT_CONFIG.replace("tcp: null", "tcp: 0.0.0.0:7447");
+        let error = Config::parse(&text, "t")
+            .unwrap()
+            .api
+            .validate()
+            .unwrap_err();
+        assert!(error.contains("0.0.0.0:7447"), "{error}");
+    }
+
+    #[test]
+    fn tls_flags_set_the_files_and_keep_a_client_ca_of_the_file() {
+        let args = tls_args(
+            None,
+            "127.0.0.1:7447",
+            &["--tls-cert", "/c.pem", "--tls-key", "/k.pem"],
+        );
+        let tls = Config::for_agent(&args).unwrap().api.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/c.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/k.pem"));
+        assert_eq!(tls.client_ca_file, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custos.yaml");
+        let text = DEFAULT_CONFIG.replace(
+            "tls: null",
+            "tls: {certFile: /old.pem, keyFile: /old.key, clientCaFile: /ca.pem}",
+        );
+        std::fs::write(&path, text).unwrap();
+        let args = tls_args(
+            Some(path.clone()),
+            "127.0.0.1:7447",
+            &["--tls-cert", "/c.pem", "--tls-key", "/k.pem"],
+        );
+        let tls = Config::for_agent(&args).unwrap().api.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/c.pem"));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/ca.pem")));
+        let args = tls_args(
+            Some(path),
+            "127.0.0.1:7447",
+            &[
+                "--tls-cert",
+                "/c.pem",
+                "--tls-key",
+                "/k.pem",
+                "--tls-client-ca",
+                "/new-ca.pem",
+            ],
+        );
+        let tls = Config::for_agent(&args).unwrap().api.tls.unwrap();
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/new-ca.pem")));
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        use clap::Parser as _;
+        for argv in [
+            &["custos", "agent", "--tls-cert", "/c.pem"][..],
+            &["custos", "agent", "--tls-key", "/k.pem"],
+            &["custos", "agent", "--tls-client-ca", "/ca.pem"],
+        ] {
+            let error = crate::cli::Cli::try_parse_from(argv)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("required"), "{argv:?}: {error}");
+        }
     }
 }
 
@@ -232,6 +382,9 @@ mod reload_tests {
             config: Some(config.to_path_buf()),
             listen_unix: Some("/tmp/flag.sock".into()),
             listen_tcp: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             state_dir: None,
             containerd_socket: None,
         }

@@ -40,7 +40,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         hub.clone(),
         status_provider(node.clone(), Arc::clone(&sensors)),
         &config.api.unix_socket,
-        config.api.tcp,
+        crate::api::tls::tcp_endpoint(&config.api)?,
     )
     .await?;
 

@@ -8,8 +8,8 @@
 //! 4. tracefs mounted at /sys/kernel/tracing (tracepoint attach reads it); needs root.
 //! 5. containerd answering on its socket (the tests run real containers); needs root.
 //! 6. The deployment-manifest tools (tests/deploy_manifests.rs): `kubectl` must exist (it is
-//!    not packaged for Debian 12, so it is only checked), `kubernetes-validate` is installed
-//!    with pip if missing.
+//!    not packaged for Debian 12, so it is only checked), `kubernetes-validate` and the Python
+//!    gRPC packages of tests/python/ are installed with pip if missing.
 
 use std::env;
 use std::fs::{self, OpenOptions};
@@ -371,31 +371,8 @@ pub fn deploy_tools() -> Result<()> {
         ),
     }
 
-    step("kubernetes-validate (pip)");
-    let installed = || {
-        cmd::output(Command::new("python3").args(["-m", "pip", "show", "kubernetes-validate"]))
-            .is_ok()
-    };
-    if !installed() {
-        cmd::output(Command::new("python3").args(["-m", "pip", "--version"])).context(
-            "kubernetes-validate is missing and `python3 -m pip` does not run: install \
-             python3-pip (Debian) or another Python with pip",
-        )?;
-        let install = || {
-            let mut pip = Command::new("python3");
-            pip.args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
-                .stdin(Stdio::null());
-            pip
-        };
-        if let Err(err) = cmd::run(&mut install()) {
-            // Debian's own python3 refuses pip installs (PEP 668); pip then installs into
-            // /usr/local, beside (not over) the Debian-packaged modules.
-            note(format!(
-                "{err:#}; retrying with --break-system-packages (an externally managed Python)"
-            ));
-            cmd::run(install().arg("--break-system-packages"))
-                .context("installing kubernetes-validate with pip")?;
-        }
+    for package in PIP_PACKAGES {
+        pip_install(package)?;
     }
     match cmd::output(Command::new("kubernetes-validate").arg("--version")) {
         Ok(version) => note(format!("present ({version})")),
@@ -404,6 +381,48 @@ pub fn deploy_tools() -> Result<()> {
              the `kubernetes-validate` command does not run ({err:#}); put pip's scripts \
              directory on PATH"
         ),
+    }
+    Ok(())
+}
+
+/// Python packages of the tests: kubernetes-validate (tests/deploy_manifests.rs) and the gRPC
+/// client of tests/python/test_grpc_mtls.py (tests/e2e_python_grpc.rs).
+const PIP_PACKAGES: &[&str] = &[
+    "kubernetes-validate",
+    "grpcio",
+    "grpcio-tools",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "protobuf",
+];
+
+/// Installs `package` with pip unless it is there.
+fn pip_install(package: &str) -> Result<()> {
+    step(format!("{package} (pip)"));
+    if cmd::output(Command::new("python3").args(["-m", "pip", "show", package])).is_ok() {
+        note("already present");
+        return Ok(());
+    }
+    cmd::output(Command::new("python3").args(["-m", "pip", "--version"])).with_context(|| {
+        format!(
+            "{package} is missing and `python3 -m pip` does not run: install python3-pip \
+             (Debian) or another Python with pip"
+        )
+    })?;
+    let install = || {
+        let mut pip = Command::new("python3");
+        pip.args(["-m", "pip", "install", "--quiet", package])
+            .stdin(Stdio::null());
+        pip
+    };
+    if let Err(err) = cmd::run(&mut install()) {
+        // Debian's own python3 refuses pip installs (PEP 668); pip then installs into
+        // /usr/local, beside (not over) the Debian-packaged modules.
+        note(format!(
+            "{err:#}; retrying with --break-system-packages (an externally managed Python)"
+        ));
+        cmd::run(install().arg("--break-system-packages"))
+            .with_context(|| format!("installing {package} with pip"))?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod proto {
 pub mod filter;
 pub mod hub;
 pub mod server;
+pub mod tls;
 
 pub use filter::{EventFilter, EventKind, FilterError, event_kind_name};
 pub use hub::{EventHub, HubStats, Subscription};

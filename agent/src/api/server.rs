@@ -1,5 +1,6 @@
-//! The gRPC server: the `Custos` service over the hub, served on a unix socket (always) and a
-//! TCP address (optional; plain for now, TLS comes later).
+//! The gRPC server: the `Custos` service over the hub, with the standard health service
+//! (`grpc.health.v1`) and server reflection (`grpc.reflection.v1` and `v1alpha`), served on a
+//! unix socket (always) and a TCP address (optional, TLS only: see [`super::tls`]).
 //!
 //! The unix socket is the agent's front door, so it is created carefully:
 //! - its directory is created with mode 0700 when missing (an existing one is left as it is);
@@ -26,13 +27,16 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::codegen::http;
+use tonic::service::Routes;
 use tonic::transport::server::{TcpIncoming, UdsConnectInfo};
 use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
 
 use super::filter::EventFilter;
 use super::hub::EventHub;
 use super::proto;
 use super::proto::custos_server::{Custos, CustosServer};
+use super::tls::{ServerTls, TcpEndpoint};
 
 /// Produces the agent's status for `GetStatus`. The server fills in `subscribers` and
 /// `subscriber_lagged_events` from the hub itself.
@@ -701,24 +705,26 @@ pub struct ApiServer {
     syscalls: Option<Arc<dyn SyscallSetLookup>>,
     profiles: Option<Arc<dyn ProfilesApi>>,
     unix: UnixSocket,
-    tcp: Option<TcpListener>,
+    tcp: Option<(TcpListener, ServerTls)>,
 }
 
 impl ApiServer {
-    /// Binds the unix socket at `unix_path` and, if given, the TCP address.
+    /// Binds the unix socket at `unix_path` and, if given, the TCP address (served with its
+    /// TLS settings).
     pub async fn bind(
         hub: EventHub,
         status: StatusProvider,
         unix_path: &Path,
-        tcp_addr: Option<SocketAddr>,
+        tcp: Option<TcpEndpoint>,
     ) -> anyhow::Result<Self> {
         let unix = bind_unix_socket(unix_path).await?;
-        let tcp = match tcp_addr {
-            Some(addr) => Some(
+        let tcp = match tcp {
+            Some(TcpEndpoint { addr, tls }) => Some((
                 TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on TCP {addr}"))?,
-            ),
+                tls,
+            )),
             None => None,
         };
         Ok(Self {
@@ -749,7 +755,7 @@ impl ApiServer {
 
     /// Address the TCP listener is bound to (with the actual port when 0 was asked for).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then ends every subscription stream, lets
@@ -764,10 +770,11 @@ impl ApiServer {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let (health, routes) = routes(service).await?;
 
         tracing::info!(path = %unix_path.display(), "gRPC API listening on the unix socket");
         let unix_server = tonic::transport::Server::builder()
-            .add_service(CustosRoutes::new(service.clone()))
+            .add_routes(routes.clone())
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener),
                 stopped(stop_rx.clone()),
@@ -780,25 +787,38 @@ impl ApiServer {
                     .with_context(|| format!("serving gRPC on {}", unix_path.display()))
             }
         };
-        let tcp_server = self.tcp.map(|listener| {
-            let addr = listener.local_addr().ok();
-            tracing::warn!(
-                ?addr,
-                "gRPC API listening on TCP without TLS or authentication: anyone who can reach \
-                 this address can read every event"
-            );
-            let server = tonic::transport::Server::builder()
-                .add_service(CustosRoutes::new(service.clone()))
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stopped(stop_rx.clone()),
-                );
-            async move {
-                server
-                    .await
-                    .with_context(|| format!("serving gRPC on TCP {addr:?}"))
+        let tcp_server = match self.tcp {
+            Some((listener, tls)) => {
+                let addr = listener.local_addr().ok();
+                match tls.client_ca_file() {
+                    Some(ca) => tracing::info!(
+                        ?addr,
+                        client_ca = %ca.display(),
+                        "gRPC API listening on TCP with mutual TLS: clients need a certificate \
+                         signed by the client CA"
+                    ),
+                    None => tracing::warn!(
+                        ?addr,
+                        "gRPC API listening on TCP with TLS but without client certificates: \
+                         anyone who can reach this address can read every event"
+                    ),
+                }
+                let server = tonic::transport::Server::builder()
+                    .tls_config(tls.server_config())
+                    .context("setting up TLS on the TCP listener")?
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        stopped(stop_rx.clone()),
+                    );
+                Some(async move {
+                    server
+                        .await
+                        .with_context(|| format!("serving gRPC on TCP {addr:?}"))
+                })
             }
-        });
+            None => None,
+        };
         let servers = async {
             match tcp_server {
                 Some(tcp_server) => tokio::try_join!(unix_server, tcp_server).map(|_| ()),
@@ -814,6 +834,9 @@ impl ApiServer {
             }
             () = shutdown => {
                 tracing::info!("gRPC API stopping");
+                // Health watchers (load balancers, probes) learn first.
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                health.set_not_serving::<CustosRoutes>().await;
                 stop_tx.send_replace(true);
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
                     Ok(result) => result,
@@ -833,16 +856,42 @@ impl ApiServer {
     }
 }
 
+/// Every service of the API, the same on each listener: `Custos`, health (SERVING for the
+/// server as a whole, "", and for `custos.v1.Custos`) and reflection over the API's and the
+/// health service's descriptors. The reporter turns health to NOT_SERVING on shutdown.
+async fn routes(service: CustosService) -> anyhow::Result<(HealthReporter, Routes)> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CustosRoutes>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = Routes::new(CustosRoutes::new(service))
+        .add_service(health_service)
+        .add_service(
+            reflection()
+                .build_v1()
+                .context("building the reflection service (v1)")?,
+        )
+        .add_service(
+            reflection()
+                .build_v1alpha()
+                .context("building the reflection service (v1alpha)")?,
+        );
+    Ok((health, routes))
+}
+
 /// Binds and serves the gRPC API until `shutdown` completes: [`ApiServer::bind`] then
 /// [`ApiServer::serve`].
 pub async fn serve(
     hub: EventHub,
     status: StatusProvider,
     unix_path: &Path,
-    tcp_addr: Option<SocketAddr>,
+    tcp: Option<TcpEndpoint>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    ApiServer::bind(hub, status, unix_path, tcp_addr)
+    ApiServer::bind(hub, status, unix_path, tcp)
         .await?
         .serve(shutdown)
         .await

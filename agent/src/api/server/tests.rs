@@ -9,6 +9,7 @@ use tonic::Code;
 use tonic::codec::Streaming;
 
 use super::*;
+use crate::api::tls::test_certs as certs;
 use crate::client::connect_unix;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -41,7 +42,7 @@ impl Running {
         Self::start_with_tcp(path, None).await
     }
 
-    async fn start_with_tcp(path: &Path, tcp: Option<SocketAddr>) -> Self {
+    async fn start_with_tcp(path: &Path, tcp: Option<TcpEndpoint>) -> Self {
         let hub = EventHub::new(64);
         let server = ApiServer::bind(hub.clone(), status_provider(), path, tcp)
             .await
@@ -323,25 +324,196 @@ async fn reconnecting_subscriber_is_counted_once() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn get_status_over_tcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Running::start_with_tcp(
-        &dir.path().join("custos.sock"),
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await;
-    let addr = server.tcp.expect("TCP address");
-    let mut client = proto::custos_client::CustosClient::connect(format!("http://{addr}"))
+/// A server with a TCP listener on 127.0.0.1 with TLS; mutual TLS when `mutual`.
+async fn start_with_tls(dir: &Path, mutual: bool) -> (Running, certs::PkiFiles) {
+    let files = certs::PkiFiles::write(dir);
+    let tls = crate::config::TlsConfig {
+        cert_file: files.server_cert.clone(),
+        key_file: files.server_key.clone(),
+        client_ca_file: mutual.then(|| files.ca.clone()),
+    };
+    let endpoint = TcpEndpoint {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: ServerTls::load(&tls).unwrap(),
+    };
+    let server = Running::start_with_tcp(&dir.join("custos.sock"), Some(endpoint)).await;
+    (server, files)
+}
+
+/// `GetStatus` over TCP as a client trusting the test CA, presenting `identity` (cert, key).
+async fn status_over_tls(
+    addr: SocketAddr,
+    files: &certs::PkiFiles,
+    identity: Option<(&Path, &Path)>,
+) -> Result<proto::AgentStatus, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |path: &Path| std::fs::read(path).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&files.ca)))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert), read(key)));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(WAIT);
+    let channel = within("a TLS connection", endpoint.connect())
         .await
-        .unwrap();
-    let status = client
-        .get_status(proto::GetStatusRequest {})
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = proto::custos_client::CustosClient::new(channel);
+    within("GetStatus", client.get_status(proto::GetStatusRequest {}))
+        .await
+        .map(Response::into_inner)
+        .map_err(|status| format!("{status:?}"))
+}
+
+#[tokio::test]
+async fn tcp_with_mutual_tls_answers_clients_with_a_certificate_of_the_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, files) = start_with_tls(dir.path(), true).await;
+    let addr = server.tcp.expect("TCP address");
+
+    let status = status_over_tls(addr, &files, Some((&files.client_cert, &files.client_key)))
+        .await
+        .expect("a client with a certificate of the CA is served");
+    assert_eq!(status.node, "node-1");
+
+    let error = status_over_tls(addr, &files, None)
+        .await
+        .expect_err("a client without a certificate must be refused");
+    assert!(!error.is_empty());
+    let error = status_over_tls(
+        addr,
+        &files,
+        Some((&files.stranger_cert, &files.stranger_key)),
+    )
+    .await
+    .expect_err("a client with a certificate of another CA must be refused");
+    assert!(!error.is_empty());
+
+    // Plain HTTP/2 on the TLS port gets no answer either.
+    let plain = async {
+        let mut client =
+            proto::custos_client::CustosClient::connect(format!("http://{addr}")).await?;
+        client
+            .get_status(proto::GetStatusRequest {})
+            .await
+            .map_err(anyhow::Error::from)?;
+        anyhow::Ok(())
+    };
+    assert!(within("a plaintext client", plain).await.is_err());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_with_tls_only_serves_clients_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, files) = start_with_tls(dir.path(), false).await;
+    let addr = server.tcp.expect("TCP address");
+    let status = status_over_tls(addr, &files, None).await.unwrap();
+    assert_eq!(status.node, "node-1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_answers_serving_and_not_serving_after_shutdown_starts() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custos.sock");
+    let server = Running::start(&path).await;
+    let mut health = HealthClient::new(crate::client::unix_channel(&path).await.unwrap());
+    for service in ["", "custos.v1.Custos"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service:?}: {e}"))
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.node, "node-1");
-    assert_eq!(status.subscribers, 0);
+    let first = within("the first health status", watch.message()).await;
+    assert_eq!(first.unwrap().unwrap().status(), ServingStatus::Serving);
+    let _ = server.stop.send(());
+    let next = within("the health status on shutdown", watch.message()).await;
+    assert_eq!(next.unwrap().unwrap().status(), ServingStatus::NotServing);
+    drop(watch);
+    within("the server to stop", server.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services_and_describes_custos() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custos.sock");
+    let server = Running::start(&path).await;
+    let channel = crate::client::unix_channel(&path).await.unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("custos.v1.Custos".to_owned()),
+    ]
+    .map(|message_request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message_request),
+    });
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = within("the service list", responses.message())
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("not a service list: {listed:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "custos.v1.Custos",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
+    let file = within("the file of custos.v1.Custos", responses.message())
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+        panic!("not a file descriptor: {file:?}");
+    };
+    let descriptor: prost_types::FileDescriptorProto =
+        prost::Message::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
+    assert_eq!(descriptor.package(), "custos.v1");
+    assert!(descriptor.service.iter().any(|s| s.name() == "Custos"));
+    drop(responses);
     server.stop().await;
 }
 
