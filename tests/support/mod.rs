@@ -373,12 +373,20 @@ pub fn container_id() -> String {
 }
 
 /// Compiles `tests/workloads/<name>.c` into a static binary at `<rootfs>/bin/<name>`, so a
-/// busybox container can run a precise workload (exact syscalls, tight loops).
+/// busybox container can run a precise workload (exact syscalls, tight loops). With
+/// `CUSTOS_TEST_WORKLOADS=DIR` (set by `cargo xtask vm-test`: the VM has no C compiler) the
+/// prebuilt `DIR/<name>` is copied instead.
 pub fn install_workload(rootfs: &Rootfs, name: &str) -> PathBuf {
+    let binary = rootfs.path().join("bin").join(name);
+    if let Some(prebuilt) = std::env::var_os("CUSTOS_TEST_WORKLOADS") {
+        let prebuilt = Path::new(&prebuilt).join(name);
+        std::fs::copy(&prebuilt, &binary)
+            .unwrap_or_else(|e| panic!("copy prebuilt workload {}: {e}", prebuilt.display()));
+        return binary;
+    }
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/workloads")
         .join(format!("{name}.c"));
-    let binary = rootfs.path().join("bin").join(name);
     let output = Command::new("cc")
         .args(["-static", "-O2", "-Wall", "-o"])
         .arg(&binary)
@@ -480,4 +488,12 @@ pub fn agent_config(dir: &Path, modes: &str, stable_after_seconds: u64) -> PathB
     )
     .expect("write config");
     path
+}
+
+/// The deviation an event carries, if it is one.
+pub fn deviation_of(event: &proto::Event) -> Option<&proto::DeviationEvent> {
+    match &event.body {
+        Some(proto::event::Body::Deviation(deviation)) => Some(deviation),
+        _ => None,
+    }
 }

@@ -1,14 +1,17 @@
-//! Developer tasks for Custos: `cargo xtask <setup|run|test|lint|bench>` (see `cargo xtask --help`).
+//! Developer tasks for Custos: `cargo xtask <setup|run|test|vm-test|lint|bench>` (see
+//! `cargo xtask --help`).
 
 mod bench;
 mod cmd;
 mod setup;
+mod vm;
 
 use std::env;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -43,10 +46,13 @@ enum Task {
         )]
         args: Vec<OsString>,
     },
-    /// Set up and run `cargo test --workspace [ARGS]...` (debug profile).
+    /// Set up and run `cargo test --workspace [ARGS]...` (debug profile), then `vm-test`.
     ///
     /// ARGS go to `cargo test` as they are, e.g. `cargo xtask test -- -p custos -- --nocapture`.
     Test {
+        /// Skip the tests under the second kernel (`vm-test`).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test`.
         #[arg(
             trailing_var_arg = true,
@@ -54,6 +60,31 @@ enum Task {
             value_name = "ARGS"
         )]
         args: Vec<OsString>,
+    },
+    /// Run end-to-end tests inside QEMU under Debian 12's 6.1 kernel with BPF LSM active:
+    /// the real agent and containerd in the guest, results in target/vm/results.txt.
+    ///
+    /// ARGS go to every test binary, e.g. `cargo xtask vm-test -- --nocapture`.
+    VmTest {
+        /// A test target to run (repeatable; default: the enforcement tests).
+        #[arg(long = "test", value_name = "NAME")]
+        tests: Vec<String>,
+        /// A Debian kernel package to boot instead of the newest linux-image-6.1.0-*-cloud-amd64.
+        #[arg(long, value_name = "PACKAGE")]
+        kernel: Option<String>,
+        /// Seconds the whole guest run (boot, tests, power-off) may take.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Arguments for the test binaries.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
     },
     /// `cargo fmt --all -- --check` and `cargo clippy --workspace --all-targets -- -D warnings`.
     Lint,
@@ -89,7 +120,27 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup::all(),
         Task::Run { args } => run_agent(&args),
-        Task::Test { args } => test(&args),
+        Task::Test { no_vm, args } => test(no_vm, &args),
+        Task::VmTest {
+            tests,
+            kernel,
+            timeout,
+            memory,
+            args,
+        } => {
+            setup::all()?;
+            vm_test(vm::Options {
+                tests: if tests.is_empty() {
+                    vm::DEFAULT_TESTS.iter().map(|t| (*t).to_owned()).collect()
+                } else {
+                    tests
+                },
+                kernel,
+                timeout: Duration::from_secs(timeout),
+                memory_mib: memory,
+                test_args: args,
+            })
+        }
         Task::Lint => lint(),
         Task::Bench {
             rounds,
@@ -143,7 +194,7 @@ fn bench(agent: Option<PathBuf>, options: &bench::Options) -> Result<()> {
     bench::run(&root, &target, &binary, options)
 }
 
-fn test(args: &[OsString]) -> Result<()> {
+fn test(no_vm: bool, args: &[OsString]) -> Result<()> {
     setup::all()?;
     setup::deploy_tools()?;
     let root = workspace_root();
@@ -158,7 +209,28 @@ fn test(args: &[OsString]) -> Result<()> {
     // here, as in CI, a missing privilege must fail them instead.
     test.env("CUSTOS_REQUIRE_PRIVILEGED", "1");
     // RUST_LOG is passed on if the caller set it, and never set here.
-    cmd::run(test.args(args).current_dir(&root)).context("the test suite failed")
+    let host = cmd::run(test.args(args).current_dir(&root)).context("the test suite failed");
+    if no_vm {
+        return host;
+    }
+    // The second kernel runs even when the host suite failed: CI reports both.
+    let guest = vm_test(vm::Options {
+        tests: vm::DEFAULT_TESTS.iter().map(|t| (*t).to_owned()).collect(),
+        kernel: None,
+        timeout: Duration::from_secs(600),
+        memory_mib: 2048,
+        test_args: Vec::new(),
+    });
+    match (host, guest) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(err), Ok(())) | (Ok(()), Err(err)) => Err(err),
+        (Err(host), Err(guest)) => bail!("{host:#}; and {guest:#}"),
+    }
+}
+
+fn vm_test(options: vm::Options) -> Result<()> {
+    let root = workspace_root();
+    vm::run(&root, &target_dir(&root), &options)
 }
 
 fn lint() -> Result<()> {
