@@ -394,6 +394,8 @@ const PIP_PACKAGES: &[&str] = &[
     "grpcio-health-checking",
     "grpcio-reflection",
     "protobuf",
+    // The OCSF schema (schema.ocsf.io's export) as JSON Schema, for tests/e2e_ocsf.rs.
+    "ocsf-json-schema",
 ];
 
 /// Installs `package` with pip unless it is there.

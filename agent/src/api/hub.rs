@@ -8,7 +8,7 @@
 //! episode.
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, watch};
@@ -30,7 +30,12 @@ struct HubInner {
     count: watch::Sender<usize>,
     published: AtomicU64,
     lagged_total: AtomicU64,
+    observer: OnceLock<PublishObserver>,
 }
+
+/// Sees every published event before the fan-out (metrics count events there). It runs on the
+/// pipeline's path: it must be quick and never block.
+pub type PublishObserver = Box<dyn Fn(&proto::Event) + Send + Sync>;
 
 struct Slot {
     id: u64,
@@ -71,6 +76,7 @@ impl EventHub {
                 count: watch::Sender::new(0),
                 published: AtomicU64::new(0),
                 lagged_total: AtomicU64::new(0),
+                observer: OnceLock::new(),
             }),
         }
     }
@@ -84,6 +90,9 @@ impl EventHub {
     /// whose queue is full loses the event, and the loss is counted.
     pub fn publish(&self, event: Arc<proto::Event>) {
         self.inner.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(observe) = self.inner.observer.get() {
+            observe(&event);
+        }
         let subscribers = self
             .inner
             .subscribers
@@ -117,6 +126,11 @@ impl EventHub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+    }
+
+    /// Installs the [`PublishObserver`]; there is one at most, so a second one is handed back.
+    pub fn set_observer(&self, observer: PublishObserver) -> Result<(), PublishObserver> {
+        self.inner.observer.set(observer)
     }
 
     /// Registers a subscriber that receives the events matching `filter` from now on. The
@@ -361,6 +375,25 @@ mod tests {
         assert_eq!(count, 0);
         // Publishing with no subscribers is fine.
         hub.publish(event(1, "exec"));
+    }
+
+    #[test]
+    fn the_observer_sees_every_published_event() {
+        let hub = EventHub::new(1);
+        let seen = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&seen);
+        hub.set_observer(Box::new(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }))
+        .unwrap_or_else(|_| panic!("first observer refused"));
+        assert!(hub.set_observer(Box::new(|_| {})).is_err());
+        // With or without subscribers, full queues included.
+        hub.publish(event(1, "exec"));
+        let _sub = hub.subscribe(EventFilter::all());
+        for pid in 2..=4 {
+            hub.publish(event(pid, "exit"));
+        }
+        assert_eq!(seen.load(Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! A workload that deviates, for the tests of what deviations feed (the OCSF output,
+//! metrics): it is learned in `learn` mode, switched to `monitor` by editing the configuration
+//! file, then run with actions it never did: an exec (`/bin/ls`), a file read
+//! (`/etc/shadow`) and an outbound connect (`127.0.0.1:9`, refused).
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use custos::api::proto;
+
+use super::support::*;
+
+const NAMESPACE: &str = "qa";
+pub const WORKLOAD: &str = "deviant";
+
+/// Writes the agent's configuration: the workload in `mode`, and `sections` (top-level key,
+/// YAML value) on top of the built-in configuration. Rewritten whole each time, so pass the
+/// same sections on every call.
+pub fn config(dir: &Path, mode: &str, sections: &[(&str, &str)]) -> PathBuf {
+    let modes = format!(
+        "default: off\nworkloads:\n- {{workload: {WORKLOAD}, namespace: {NAMESPACE}, mode: {mode}}}\n"
+    );
+    let path = agent_config(dir, &modes, 3600);
+    let text = std::fs::read_to_string(&path).expect("read the configuration");
+    let mut config: serde_norway::Value = serde_norway::from_str(&text).expect("parse it");
+    for (key, yaml) in sections {
+        config[*key] = serde_norway::from_str(yaml).expect("a YAML section");
+    }
+    std::fs::write(&path, serde_norway::to_string(&config).expect("YAML")).expect("write it");
+    path
+}
+
+/// The workload's root filesystem: busybox with `nc` and `ls`, and an `/etc/shadow`.
+pub fn rootfs() -> Rootfs {
+    let rootfs = Rootfs::busybox_with(&["nc", "ls"]);
+    std::fs::write(rootfs.path().join("etc/shadow"), "root:x:1::::::\n").expect("shadow");
+    rootfs
+}
+
+fn labels(pod: &str) -> PodLabels<'_> {
+    PodLabels {
+        namespace: NAMESPACE,
+        pod,
+        container: "app",
+    }
+}
+
+/// Runs the workload's usual behaviour and waits until its profile holds it.
+pub async fn learn(agent: &Agent, rootfs: &Rootfs) {
+    // `true` (a builtin) last, so that the shell forks for every external command.
+    let usual = ["/bin/sh", "-c", "/bin/cat /etc/hostname; true"];
+    run_container(
+        &container_id(),
+        rootfs,
+        &labels(&format!("{WORKLOAD}-0")),
+        &usual,
+    );
+    let mut client = agent.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let profiles = client
+            .list_profiles(proto::ListProfilesRequest {})
+            .await
+            .expect("list profiles")
+            .into_inner()
+            .profiles;
+        if profiles
+            .iter()
+            .any(|p| p.workload == WORKLOAD && p.executables >= 2 && p.files >= 1)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "profile not learned: {profiles:#?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Switches the workload to `monitor` (rewriting the configuration with `sections`), waits
+/// for the reload, and runs the unusual behaviour; returns the container's id.
+pub async fn deviate(dir: &Path, sections: &[(&str, &str)], rootfs: &Rootfs) -> String {
+    config(dir, "monitor", sections);
+    // Reloads are checked every 250 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = container_id();
+    run_container_with(
+        &id,
+        rootfs,
+        &labels(&format!("{WORKLOAD}-1")),
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/cat /etc/hostname; /bin/ls / > /dev/null; /bin/cat /etc/shadow; \
+             /bin/nc 127.0.0.1 9 < /dev/null; true",
+        ],
+        // The host's network namespace, for a loopback that is up.
+        &["--net-host"],
+    );
+    id
+}
