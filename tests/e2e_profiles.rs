@@ -585,9 +585,8 @@ async fn learned_profile_is_readable_generalised_and_stops_growing_when_rerun() 
         let (b, a) = (summary(&before, name), summary(&after, name));
         assert_eq!(a.containers, 4, "{a:?}");
         assert_eq!(a.status, "stable", "{a:?}");
-        let counts = |s: &proto::ProfileSummary| {
-            (s.executables, s.files, s.egress, s.listen, s.syscalls)
-        };
+        let counts =
+            |s: &proto::ProfileSummary| (s.executables, s.files, s.egress, s.listen, s.syscalls);
         if counts(a) != counts(b) {
             failures.push(format!(
                 "{name} grew on the re-run:\n  before {b:?}\n  after  {a:?}"

@@ -108,6 +108,9 @@ pub struct FileOpenRecord {
     pub path_len: u32,
     /// Bytes used in `requested`, without the NUL.
     pub requested_len: u32,
+    /// The kernel's decision (`policy::VERDICT_*`): set for containers judged in the kernel.
+    pub verdict: u32,
+    pub _pad: u32,
     /// The path as given to the syscall.
     pub requested: [u8; FILE_REQUESTED_LEN],
     /// Names from the file (or, see [`FILE_FLAG_PATH_IS_BASE`], the base directory) up to the

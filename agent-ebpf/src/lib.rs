@@ -49,6 +49,7 @@ impl EventKind {
 
 pub mod file;
 pub mod net;
+pub mod policy;
 pub mod syscall;
 
 /// `ExecRecord::flags`: the argument vector was cut (too many or too long arguments).
@@ -57,6 +58,9 @@ pub const EXEC_FLAG_ARGV_TRUNCATED: u32 = 1 << 0;
 pub const EXEC_FLAG_PATH_TRUNCATED: u32 = 1 << 1;
 /// `ExecRecord::flags`: the exec began before the agent was attached, so argv is unknown.
 pub const EXEC_FLAG_ARGV_MISSING: u32 = 1 << 2;
+/// The exec was outside the profile of a container in enforce mode: the process was killed
+/// before the new program ran.
+pub const EXEC_FLAG_KILLED: u32 = 1 << 3;
 
 /// What every record starts with: who acted, when, and in which cgroup.
 #[repr(C)]
@@ -147,6 +151,12 @@ pub enum Counter {
     PendingNetDropped = 7,
     /// Syscall first uses not recorded because the per-cgroup bitmap map was full.
     SyscallSetsFull = 8,
+    /// Processes sent SIGKILL for an exec or open outside their profile (enforce).
+    ProcessesKilled = 9,
+    /// connect / sendmsg / bind calls failed with EPERM (enforce).
+    NetworkBlocked = 10,
+    /// Actions of judged containers found known-good in the kernel and not sent.
+    AllowedInKernel = 11,
 }
 
 /// Number of slots in the `COUNTERS` map (room to grow without changing its size).
@@ -173,6 +183,11 @@ pub struct RepeatState {
     pub sent_ns: u64,
     /// Identical actions suppressed since then.
     pub suppressed: u64,
+    /// The kernel's decision on the action (`policy::VERDICT_*`), repeated for the suppressed
+    /// ones: a denied open stays denied without walking its path again.
+    pub verdict: u32,
+    /// `POLICY_GENERATION` when the decision was taken; a stale one is not reused.
+    pub generation: u32,
 }
 
 /// Byte offsets of kernel struct fields, read from the running kernel's BTF by user space and

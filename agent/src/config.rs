@@ -19,6 +19,23 @@ pub struct Config {
     pub modes: ModesConfig,
     pub profiles: ProfilesConfig,
     pub events: EventsConfig,
+    /// Event outputs besides gRPC (OCSF JSON lines); none when the section is absent.
+    #[serde(default)]
+    pub outputs: crate::outputs::OutputsConfig,
+    /// The Prometheus endpoint; off when the section is absent.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
+    /// Global rules and other enforcement settings; defaults when the section is absent.
+    #[serde(default)]
+    pub enforcement: EnforcementConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnforcementConfig {
+    /// Rules that apply whatever a profile says, in every mode but `off`.
+    #[serde(default)]
+    pub global_rules: crate::enforcement::global_rules::GlobalRulesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -119,6 +136,13 @@ impl Config {
                 reason: "events.subscriberQueue must be at least 1".into(),
             });
         }
+        config
+            .outputs
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                origin: origin.to_string(),
+                reason,
+            })?;
         Ok(config)
     }
 

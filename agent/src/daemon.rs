@@ -18,12 +18,15 @@ use crate::{
     cli::AgentArgs,
     config::{self, Config},
     containers::ContainerRegistry,
+    enforcement::{Enforcer, Mechanism},
     judge::Judge,
     learning::Learner,
+    metrics::{self, MetricsServer, bpf_maps},
+    outputs,
     pipeline::{self, BootClock, Enricher},
     processes::ProcessTable,
     sensors::{
-        KernelCounters, SensorOptions, Sensors, TracedCgroups,
+        KernelCounters, PolicyMaps, SensorOptions, Sensors, TracedCgroups,
         syscalls::{self, SyscallSets},
     },
 };
@@ -35,6 +38,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let node = node_name();
 
     let hub = EventHub::new(config.events.subscriber_queue);
+    let metrics = MetricsServer::bind(&config.metrics, &hub).await?;
+    let outputs = outputs::start(&config.outputs, &hub)?;
     let sensors: SharedSensors = Arc::default();
     let api = ApiServer::bind(
         hub.clone(),
@@ -47,13 +52,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The process table is read from /proc before the sensors attach: a process that starts
     // in between is in both, which is harmless; the other order would miss it.
     let processes = Arc::new(ProcessTable::from_proc());
-    let (loaded, readers, traced) = Sensors::load(SensorOptions {
+    let (mut loaded, readers, traced) = Sensors::load(SensorOptions {
         agent_pid: std::process::id(),
         trace_host: config.sensors.trace_host,
         repeat_window: Duration::from_millis(config.sensors.repeat_window_ms),
     })
     .context("starting the kernel sensors")?;
     let syscall_map = syscalls::open_kernel_map_or_warn(loaded.ebpf());
+    let policy_maps = attach_enforcement(&mut loaded);
     *sensors
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(loaded);
@@ -66,10 +72,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let args = args.clone();
         move |config| config.apply_flags(&args)
     });
-    let learner = Learner::open(&config.state_dir, config_updates, Arc::clone(&containers))
-        .context("opening the profile store")?;
+    let learner = Learner::open(
+        &config.state_dir,
+        config_updates.clone(),
+        Arc::clone(&containers),
+    )
+    .context("opening the profile store")?;
+    let enforcer = policy_maps.map(|maps| {
+        Enforcer::new(
+            maps,
+            Arc::clone(&learner),
+            Arc::clone(&containers),
+            config_updates.clone(),
+        )
+    });
     let api = api.with_profiles(Arc::clone(&learner) as _);
-    let judge = Judge::new(Arc::clone(&learner), hub.clone());
+    let judge = Judge::new(Arc::clone(&learner), hub.clone(), config_updates);
+    let metrics_addr = metrics.as_ref().and_then(|server| server.local_addr().ok());
+    let metrics_task = metrics.map(|server| {
+        tokio::spawn(server.serve(metrics::Sources {
+            node: node.clone(),
+            hub: hub.clone(),
+            kernel: Box::new(kernel_counters(Arc::clone(&sensors))),
+            bpf_maps: Box::new({
+                let (sensors, traced) = (Arc::clone(&sensors), Arc::clone(&traced));
+                move || bpf_maps::fill_levels(&sensors, &traced)
+            }),
+            profiles: Some(Arc::clone(&learner) as _),
+            outputs,
+        }))
+    });
     let clock = BootClock::now();
     let enricher = Arc::new(Enricher {
         node: node.clone(),
@@ -81,6 +113,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         learner: Some(Arc::clone(&learner)),
         judge: Some(Arc::clone(&judge)),
     });
+    let enforcer_task = enforcer.map(|enforcer| tokio::spawn(enforcer.run()));
     let tasks = [
         tokio::spawn(pipeline::run(readers, enricher, hub.clone())),
         tokio::spawn(syscall_sets.sweep_loop()),
@@ -101,19 +134,28 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         state_dir = %config.state_dir.display(),
         "custos agent running"
     );
-    println!(
+    // With the jsonl output on stdout, stdout carries its records only.
+    let announce = |line: String| match config.outputs.uses_stdout() {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    };
+    announce(format!(
         "custos agent listening on unix:{}",
         api.unix_path().display()
-    );
+    ));
     if let Some(addr) = api.tcp_addr() {
-        println!("custos agent listening on tcp:{addr}");
+        announce(format!("custos agent listening on tcp:{addr}"));
+    }
+    if let Some(addr) = metrics_addr {
+        info!("metrics at http://{addr}/metrics");
+        announce(format!("custos agent metrics at http://{addr}/metrics"));
     }
 
     if let Some(dir) = config.profiles.directory.clone() {
         tokio::spawn(Arc::clone(&learner).watch_directory(dir));
     }
     let result = api.serve(shutdown_signal()).await;
-    for task in tasks {
+    for task in tasks.into_iter().chain(metrics_task).chain(enforcer_task) {
         task.abort();
     }
     // Whatever was learned since the last flush.
@@ -123,6 +165,35 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     info!("custos agent stopped");
     result
+}
+
+/// Attaches the kernel's enforcement programs and returns the policy maps. Without them the
+/// agent still runs, but says loudly that enforce mode can only alert.
+fn attach_enforcement(sensors: &mut Sensors) -> Option<PolicyMaps> {
+    let root = match crate::containers::cgroup::discover_cgroup2_mount() {
+        Ok(mount) => mount.mount_point,
+        Err(error) => {
+            error!("{error:#}; enforcement is off: deviations can only be alerted");
+            return None;
+        }
+    };
+    match sensors.enforcement(&root) {
+        Ok(maps) => {
+            info!(
+                mechanism = Mechanism::CgroupAndSignal.name(),
+                "enforcement ready: network calls outside a profile fail with EPERM, execs and \
+                 opens outside a profile are killed"
+            );
+            Some(maps)
+        }
+        Err(error) => {
+            error!(
+                "{:#}; enforcement is off: deviations can only be alerted",
+                anyhow::Error::new(error)
+            );
+            None
+        }
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG` picks the level (default: info).

@@ -3,18 +3,21 @@
 //! verdict and a severity. A deviation that repeats (same container, kind and value) is
 //! reported once, then once per interval with the number of occurrences, never once each.
 //!
-//! Blocking (enforce) is not implemented yet: deviations of workloads in `enforce` are
-//! reported with verdict `alerted`, and the agent says so in its log once per workload.
+//! In `enforce` the kernel stops what it can (see `enforcement`); the event then carries its
+//! verdict (`killed` for exec and open, EPERM for network calls: `blocked`), which the deviation
+//! reports. Global rules (`enforcement::global_rules`) are judged in every mode but `off`.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use tracing::warn;
+use tokio::sync::watch;
 
 use crate::{
     api::{hub::EventHub, proto},
+    config::Config,
+    enforcement::global_rules::GlobalRule,
     learning::{Learner, is_container_runtime},
     modes::Mode,
     profiles::{FileAccess, Observation, Profile, WorkloadIdentity},
@@ -43,21 +46,23 @@ struct Repeats {
 pub struct Judge {
     learner: Arc<Learner>,
     hub: EventHub,
+    config: watch::Receiver<Config>,
     repeats: Mutex<HashMap<DeviationKey, Repeats>>,
-    enforce_warned: Mutex<HashSet<WorkloadIdentity>>,
 }
 
 impl Judge {
-    pub fn new(learner: Arc<Learner>, hub: EventHub) -> Arc<Self> {
+    pub fn new(learner: Arc<Learner>, hub: EventHub, config: watch::Receiver<Config>) -> Arc<Self> {
         Arc::new(Self {
             learner,
             hub,
+            config,
             repeats: Mutex::default(),
-            enforce_warned: Mutex::default(),
         })
     }
 
-    /// Judges one event against its workload's profile and publishes the deviations.
+    /// Judges one event against the global rules (every mode but `off`) and its workload's
+    /// profile (`monitor` and `enforce`), and publishes the deviations. The verdict is the
+    /// kernel's when it acted (`killed`, `blocked`), `alerted` otherwise.
     pub fn judge(&self, event: &proto::Event) {
         let Some(workload) = &event.workload else {
             return;
@@ -66,47 +71,41 @@ impl Judge {
             return;
         }
         let mode = self.learner.mode_for(workload);
-        if !matches!(mode, Mode::Monitor | Mode::Enforce) {
+        if mode == Mode::Off {
             return;
         }
         let Some(identity) = WorkloadIdentity::from_workload(workload, &()) else {
             return;
         };
-        if mode == Mode::Enforce {
-            self.warn_enforce_once(&identity);
-        }
         let observations = Observation::from_event(event);
         if observations.is_empty() {
             return;
         }
-        let deviations: Vec<proto::DeviationEvent> =
+        let global = self.config.borrow().enforcement.global_rules;
+        let kernel_verdict = kernel_verdict(event, mode);
+        let judged = matches!(mode, Mode::Monitor | Mode::Enforce);
+        let mut deviations: Vec<proto::DeviationEvent> =
             self.learner.with_profile(&identity, |profile| {
-                let Some(profile) = profile else {
-                    // No profile yet: nothing to judge against (reported by `profiles status`).
-                    return Vec::new();
-                };
                 observations
                     .iter()
-                    .filter(|observation| !profile.allows(observation))
-                    .map(|observation| deviation(profile, observation, mode))
+                    .filter_map(|observation| {
+                        if let Some(rule) = global.check(observation) {
+                            return Some(global_deviation(observation, rule, mode));
+                        }
+                        let profile = profile.filter(|_| judged)?;
+                        // The kernel acted on it: reported even if user space, with its exact
+                        // patterns, would have let it through.
+                        (kernel_verdict.is_some() || !profile.allows(observation))
+                            .then(|| deviation(profile, observation, mode))
+                    })
+                    .take(1)
                     .collect()
             });
+        for deviation in &mut deviations {
+            deviation.verdict = kernel_verdict.unwrap_or("alerted").into();
+        }
         for deviation in deviations {
             self.report(event, workload, deviation);
-        }
-    }
-
-    fn warn_enforce_once(&self, identity: &WorkloadIdentity) {
-        let mut warned = self
-            .enforce_warned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if warned.insert(identity.clone()) {
-            warn!(
-                profile = identity.default_name(),
-                "workload is in enforce mode, but blocking is not implemented yet: its \
-                 deviations are alerted, not blocked"
-            );
         }
     }
 
@@ -203,11 +202,44 @@ fn kind_name(kind: &str) -> &'static str {
     }
 }
 
+/// What the kernel did about the action of `event`, if anything.
+fn kernel_verdict(event: &proto::Event, mode: Mode) -> Option<&'static str> {
+    use proto::event::Body;
+    const EPERM: i32 = 1;
+    match event.body.as_ref()? {
+        Body::Exec(exec) if exec.verdict == "killed" => Some("killed"),
+        Body::Open(open) if open.verdict == "killed" => Some("killed"),
+        // The cgroup programs make a denied call fail with EPERM, and judge only enforce mode.
+        Body::Network(net) if mode == Mode::Enforce && net.result == -EPERM => Some("blocked"),
+        _ => None,
+    }
+}
+
+/// A deviation from a global rule: what the profile says does not matter.
+fn global_deviation(
+    observation: &Observation,
+    rule: GlobalRule,
+    mode: Mode,
+) -> proto::DeviationEvent {
+    let (kind, observed) = describe(observation);
+    proto::DeviationEvent {
+        kind: kind.into(),
+        observed,
+        profile: format!("global rule {}", rule.name),
+        nearest_allowed: String::new(),
+        verdict: "alerted".into(),
+        severity: rule.severity.into(),
+        count: 1,
+        mode: mode.name().into(),
+    }
+}
+
 /// Files whose reading alone is an alarm.
 const SENSITIVE_READS: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/root/.ssh"];
 
-fn deviation(profile: &Profile, observation: &Observation, mode: Mode) -> proto::DeviationEvent {
-    let (kind, observed, severity) = match observation {
+/// The deviation's kind, observed value and severity.
+fn describe_with_severity(observation: &Observation) -> (&'static str, String, &'static str) {
+    match observation {
         Observation::Exec { path, parent_exe } => (
             "exec",
             match parent_exe {
@@ -237,7 +269,16 @@ fn deviation(profile: &Profile, observation: &Observation, mode: Mode) -> proto:
             ("listen", format!("{protocol} port {port}"), "medium")
         }
         Observation::Syscall { name } => ("syscall", name.clone(), "low"),
-    };
+    }
+}
+
+fn describe(observation: &Observation) -> (&'static str, String) {
+    let (kind, observed, _) = describe_with_severity(observation);
+    (kind, observed)
+}
+
+fn deviation(profile: &Profile, observation: &Observation, mode: Mode) -> proto::DeviationEvent {
+    let (kind, observed, severity) = describe_with_severity(observation);
     proto::DeviationEvent {
         kind: kind.into(),
         observed,

@@ -419,6 +419,7 @@ mod tests {
                 argv: vec!["cat".to_owned(), "/etc/hostname".to_owned()],
                 argv_truncated: false,
                 path_truncated: false,
+                verdict: String::new(),
             })),
         }
     }
@@ -519,7 +520,7 @@ mod tests {
             "repeats_suppressed": 0,
             "exec": {
                 "path": "/bin/cat", "argv": ["cat", "/etc/hostname"], "argv_truncated": false,
-                "path_truncated": false
+                "path_truncated": false, "verdict": ""
             }
         });
         assert_eq!(got, want);

@@ -154,6 +154,11 @@ fn exec_body(exec: ExecRecord) -> proto::ExecEvent {
         // Arguments the kernel could not see (exec started before the agent) count as cut.
         argv_truncated: exec.argv_truncated || exec.argv_missing,
         path_truncated: exec.path_truncated,
+        verdict: if exec.killed {
+            "killed".into()
+        } else {
+            String::new()
+        },
     }
 }
 

@@ -11,6 +11,7 @@ use aya_ebpf::{
 };
 use custos_ebpf::{
     COMM_LEN, COUNTER_SLOTS, Counter, EventKind, ProbeConfig, RecordHeader, RepeatKey, RepeatState,
+    policy::VERDICT_NONE,
 };
 
 /// Written by user space before load (`EbpfLoader::override_global`). All zero here; the
@@ -114,37 +115,69 @@ pub fn is_traced(cgroup_id: u64) -> bool {
     config().trace_host != 0 || TRACED_CGROUPS.get_ptr(&cgroup_id).is_some()
 }
 
-/// Decides whether an action identified by (`cgroup_id`, `kind`, `what`) is sent. Returns
-/// `None` when an identical action was sent less than the repeat window ago (the repeat is
-/// counted), or `Some(n)` with the number of repeats suppressed since the last one sent.
+/// What [`check_repeat`] says about an action.
+pub enum Repeat {
+    /// An identical action was sent less than the repeat window ago (this one is counted);
+    /// `verdict` is the decision taken on it then.
+    Suppressed { verdict: u32 },
+    /// Send it, with the number of repeats suppressed since the last one sent.
+    Send { repeats: u64 },
+}
+
+/// Decides whether an action identified by (`cgroup_id`, `kind`, `what`) is sent or suppressed
+/// as a repeat. A repeat is only suppressed while the policy generation it was judged under is
+/// current.
 #[inline(always)]
-pub fn check_repeat(cgroup_id: u64, kind: EventKind, what: u64, now_ns: u64) -> Option<u64> {
-    let key = RepeatKey {
-        cgroup_id,
-        kind: kind as u32,
-        _pad: 0,
-        what,
-    };
+pub fn check_repeat(cgroup_id: u64, kind: EventKind, what: u64, now_ns: u64) -> Repeat {
+    let key = repeat_key(cgroup_id, kind, what);
+    let generation = super::policy::generation();
     if let Some(state) = RECENT.get_ptr_mut(&key) {
         // SAFETY: a live value of this map; concurrent CPUs may race on the counter, which
         // can only make the count slightly low, never unsafe.
         let state = unsafe { &mut *state };
-        if now_ns.wrapping_sub(state.sent_ns) < config().repeat_window_ns {
+        if now_ns.wrapping_sub(state.sent_ns) < config().repeat_window_ns
+            && state.generation == generation
+        {
             state.suppressed += 1;
             count(Counter::RepeatsSuppressed);
-            return None;
+            return Repeat::Suppressed {
+                verdict: state.verdict,
+            };
         }
-        let suppressed = state.suppressed;
+        let repeats = state.suppressed;
         state.sent_ns = now_ns;
         state.suppressed = 0;
-        return Some(suppressed);
+        state.verdict = VERDICT_NONE;
+        state.generation = generation;
+        return Repeat::Send { repeats };
     }
     let state = RepeatState {
         sent_ns: now_ns,
         suppressed: 0,
+        verdict: VERDICT_NONE,
+        generation,
     };
     let _ = RECENT.insert(&key, &state, 0);
-    Some(0)
+    Repeat::Send { repeats: 0 }
+}
+
+/// Stores the kernel's decision on an action just let through [`check_repeat`], for its repeats.
+#[inline(always)]
+pub fn remember_verdict(cgroup_id: u64, kind: EventKind, what: u64, verdict: u32) {
+    if let Some(state) = RECENT.get_ptr_mut(&repeat_key(cgroup_id, kind, what)) {
+        // SAFETY: a live value of this map.
+        unsafe { (*state).verdict = verdict };
+    }
+}
+
+#[inline(always)]
+fn repeat_key(cgroup_id: u64, kind: EventKind, what: u64) -> RepeatKey {
+    RepeatKey {
+        cgroup_id,
+        kind: kind as u32,
+        _pad: 0,
+        what,
+    }
 }
 
 /// 64-bit FNV-1a of `bytes[..len]`, for repeat keys of actions identified by a string.
@@ -158,4 +191,18 @@ pub fn hash_bytes(bytes: &[u8], len: usize) -> u64 {
         index += 1;
     }
     hash
+}
+
+/// True while the current task is the container runtime setting the container up: `runc`
+/// (re-executed as `runc init`, still loading its libraries), then `runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's exec. Their syscalls (mount, pivot_root, ...) are not the workload's: counting them would
+/// put them in the workload's set and hide the workload's own first use of shared ones.
+#[inline(always)]
+pub fn is_container_runtime() -> bool {
+    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    comm[0] == b'r'
+        && comm[1] == b'u'
+        && comm[2] == b'n'
+        && comm[3] == b'c'
+        && (comm[4] == b':' || comm[4] == 0)
 }

@@ -37,12 +37,14 @@ use custos_ebpf::{
         FILE_OPEN_PATH_OFFSET, FILE_PATH_LEN, FILE_PATH_LIMIT, FILE_REQUESTED_LEN, FileOpenRecord,
         OpenSyscall, PendingOpen,
     },
+    policy::{CgroupPolicy, MODE_ENFORCE, VERDICT_ALERTED, VERDICT_KILLED, VERDICT_NONE},
 };
 
 use super::common::{
-    ACTIVITY, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
-    is_traced,
+    ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
+    is_traced, remember_verdict,
 };
+use super::policy::{kill_current, open_access, path_allowed, policy_of};
 
 const AT_FDCWD: i32 = -100;
 const O_ACCMODE: u32 = 0o3;
@@ -317,6 +319,32 @@ fn read_requested(record: &mut FileOpenRecord, filename: u64) -> usize {
     len
 }
 
+/// The kernel's decision on a successful open of a judged container, `None` when it cannot
+/// tell (the walk did not reach the container's root, or the path is too long to hash): the
+/// open then goes to user space undecided. A denied open in enforce mode kills the process
+/// before the open returns to it.
+#[inline(always)]
+fn judge_open(record: &FileOpenRecord, policy: &CgroupPolicy, open_flags: u32) -> Option<u32> {
+    let unsure = FILE_FLAG_PATH_TRUNCATED | FILE_FLAG_OUTSIDE_ROOT | FILE_FLAG_NO_PATH;
+    if record.flags & unsure != 0 {
+        return None;
+    }
+    let allowed = path_allowed(
+        policy.profile,
+        &record.path,
+        record.path_len as usize,
+        open_access(open_flags),
+    )?;
+    Some(if allowed {
+        VERDICT_NONE
+    } else if policy.mode == MODE_ENFORCE {
+        kill_current();
+        VERDICT_KILLED
+    } else {
+        VERDICT_ALERTED
+    })
+}
+
 /// The access/create/truncate bits that, with the file, make two opens identical.
 #[inline(always)]
 fn mode_bits(open_flags: u32) -> u64 {
@@ -343,7 +371,10 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let record = unsafe { &mut *record };
     record.flags = 0;
     record.path_len = 0;
+    record.verdict = VERDICT_NONE;
     let offsets = &config().offsets;
+    // The repeat key of a successful open: the kernel's decision on it is remembered there.
+    let mut decided = None;
 
     // Where the path walk starts; one walk for both outcomes keeps the verifier's work single.
     let from = if ret >= 0 {
@@ -352,10 +383,16 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let inode: u64 = read_at(file, offsets.file_inode).ok_or(0i64)?;
         // Kernel pointers have their top bits all set, so shifting them out loses nothing.
         let what = (inode << 4) | mode_bits(pending.open_flags);
-        let Some(repeats) = check_repeat(cgroup_id, EventKind::FileOpen, what, now) else {
-            return Ok(());
-        };
-        record.repeats = repeats;
+        match check_repeat(cgroup_id, EventKind::FileOpen, what, now) {
+            Repeat::Suppressed { verdict } => {
+                if verdict == VERDICT_KILLED {
+                    kill_current();
+                }
+                return Ok(());
+            }
+            Repeat::Send { repeats } => record.repeats = repeats,
+        }
+        decided = Some(what);
         read_requested(record, pending.filename);
         file_path(file)
     } else {
@@ -372,7 +409,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let what = hash_bytes(&record.requested, len)
             ^ (u64::from(pending.open_flags) << 32 | (ret as u64 & 0xffff_ffff))
             ^ base.map_or(0, |base| base.dentry.rotate_left(17));
-        let Some(repeats) = check_repeat(cgroup_id, EventKind::FileOpen, what, now) else {
+        let Repeat::Send { repeats } = check_repeat(cgroup_id, EventKind::FileOpen, what, now)
+        else {
             return Ok(());
         };
         record.repeats = repeats;
@@ -387,6 +425,24 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     ) {
         (Some(from), Some(root)) => walk_path(record, from, root),
         _ => record.flags = (record.flags & !FILE_FLAG_PATH_IS_BASE) | FILE_FLAG_NO_PATH,
+    }
+
+    if let Some(what) = decided
+        && let Some(policy) = policy_of(cgroup_id)
+    {
+        match judge_open(record, &policy, pending.open_flags) {
+            Some(VERDICT_NONE) => {
+                // Known-good: it never leaves the kernel.
+                remember_verdict(cgroup_id, EventKind::FileOpen, what, VERDICT_NONE);
+                count(Counter::AllowedInKernel);
+                return Ok(());
+            }
+            Some(verdict) => {
+                record.verdict = verdict;
+                remember_verdict(cgroup_id, EventKind::FileOpen, what, verdict);
+            }
+            None => {}
+        }
     }
 
     record.open_flags = pending.open_flags;

@@ -4,6 +4,7 @@
 mod common;
 mod files;
 mod network;
+mod policy;
 mod process;
 mod syscalls;
 

@@ -25,7 +25,7 @@ use custos_ebpf::{
 };
 
 use super::common::{
-    ACTIVITY, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
+    ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
     is_traced,
 };
 
@@ -222,7 +222,7 @@ fn emit(
     let what = repeat_key(kind, record);
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let Some(repeats) = check_repeat(cgroup_id, kind, what, now) else {
+    let Repeat::Send { repeats } = check_repeat(cgroup_id, kind, what, now) else {
         return Ok(());
     };
     record.repeats = repeats;

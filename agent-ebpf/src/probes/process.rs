@@ -6,20 +6,21 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, generated::bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel_buf,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use custos_ebpf::{
-    Counter, EXEC_ARGV_LIMIT, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED,
+    Counter, EXEC_ARGV_LIMIT, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_KILLED,
     EXEC_FLAG_PATH_TRUNCATED, EXEC_MAX_ARGS, EXEC_PATH_LEN, EventKind, ExecArgs, ExecRecord,
-    ExitRecord, ForkRecord,
+    ExitRecord, ForkRecord, policy::MODE_ENFORCE,
 };
 
 use super::common::{EVENTS, config, count, current_ids, fill_header, is_agent, read_task_field};
+use super::policy::{exec_allowed, kill_current, policy_of};
 
 const AT_FDCWD: i32 = -100;
 
@@ -93,10 +94,55 @@ fn try_capture_exec(
     let argv: *const *const u8 = unsafe { ctx.read_at(argv_offset) }?;
     args.argv_len = read_argv(argv, args) as u32;
 
+    if exec_denied_in_enforce(args) {
+        // The process dies before the new program runs, and the exec itself is cut short by
+        // the pending SIGKILL, so `sched_process_exec` will not fire: send the record now.
+        args.flags |= EXEC_FLAG_KILLED;
+        kill_current();
+        send_exec(tid, pid, args);
+        return Ok(());
+    }
+
     if PENDING_EXECS.insert(&tid, &*args, 0).is_err() {
         count(Counter::PendingExecDropped);
     }
     Ok(())
+}
+
+/// True when the current task's container is in enforce mode and its profile (or a global
+/// rule) does not allow this exec.
+#[inline(always)]
+fn exec_denied_in_enforce(args: &ExecArgs) -> bool {
+    let Some(policy) = policy_of(unsafe { bpf_get_current_cgroup_id() }) else {
+        return false;
+    };
+    policy.mode == MODE_ENFORCE
+        && exec_allowed(policy.profile, &args.path, args.path_len as usize) == Some(false)
+}
+
+/// Sends an exec record built from `args` (a map value) on the process ring buffer.
+#[inline(always)]
+fn send_exec(tid: u32, pid: u32, args: &ExecArgs) {
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    // SAFETY: the reserved entry is exclusively ours until submit/discard.
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut record.header, EventKind::Exec, tid, pid);
+    // SAFETY: `record.args` is exactly `size_of::<ExecArgs>()` bytes of the reservation.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(
+            (&mut record.args as *mut ExecArgs).cast::<u8>(),
+            core::mem::size_of::<ExecArgs>(),
+        )
+    };
+    if unsafe { bpf_probe_read_kernel_buf((args as *const ExecArgs).cast(), bytes) }.is_err() {
+        entry.discard(0);
+        return;
+    }
+    entry.submit(0);
+    count(Counter::EventsSent);
 }
 
 /// Copies up to `EXEC_MAX_ARGS` arguments, each followed by its NUL, into `args.argv`; returns

@@ -12,7 +12,7 @@
 //! copy of every set.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::bpf_get_current_cgroup_id,
     macros::{map, raw_tracepoint},
     maps::HashMap,
     programs::RawTracePointContext,
@@ -22,7 +22,9 @@ use custos_ebpf::{
     syscall::{SYSCALL_MAX, SYSCALL_SETS_MAX, SYSCALL_WORDS, SyscallBits, SyscallRecord},
 };
 
-use super::common::{ACTIVITY, count, current_ids, fill_header, is_agent, is_traced};
+use super::common::{
+    ACTIVITY, count, current_ids, fill_header, is_agent, is_container_runtime, is_traced,
+};
 
 /// Syscalls used, per cgroup id. A plain (not LRU) hash: a set must never be silently
 /// forgotten while its cgroup lives; user space deletes the sets of cgroups that are gone.
@@ -33,20 +35,6 @@ static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCA
 const SYS_ENTER_ID_ARG: usize = 1;
 
 const EEXIST: i32 = 17;
-
-/// True while the current task is the container runtime setting the container up: `runc`
-/// (re-executed as `runc init`, still loading its libraries), then `runc:[0:PARENT]`,
-/// `runc:[1:CHILD]`, `runc:[2:INIT]` until the entrypoint's exec. Their syscalls (mount, pivot_root, ...) are not the workload's: counting them would
-/// put them in the workload's set and hide the workload's own first use of shared ones.
-#[inline(always)]
-fn is_container_runtime() -> bool {
-    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
-    comm[0] == b'r'
-        && comm[1] == b'u'
-        && comm[2] == b'n'
-        && comm[3] == b'c'
-        && (comm[4] == b':' || comm[4] == 0)
-}
 
 /// A raw tracepoint rather than `raw_syscalls:sys_enter`: it runs on every syscall of the
 /// machine, and the raw form skips building the trace record (all six arguments) each time.

@@ -589,7 +589,14 @@ mod tests {
         p.learn(&syscall("read"));
         assert!(!p.allows(&syscall("poll")), "read alone implies nothing");
         assert!(p.learn(&syscall("socket")));
-        for wait in ["poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait"] {
+        for wait in [
+            "poll",
+            "ppoll",
+            "select",
+            "pselect6",
+            "epoll_wait",
+            "epoll_pwait",
+        ] {
             assert!(p.allows(&syscall(wait)), "{wait}");
             assert!(!p.learn(&syscall(wait)), "{wait} is not new after socket");
         }

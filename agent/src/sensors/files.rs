@@ -41,6 +41,8 @@ pub struct FileOpenRecord {
     pub path: String,
     /// The path (or, for a failed open, the requested path it is built from) was cut.
     pub path_truncated: bool,
+    /// The kernel's decision (`policy::VERDICT_*`), for containers judged in the kernel.
+    pub verdict: u32,
 }
 
 /// How a file was opened, from `O_ACCMODE`.
@@ -123,6 +125,7 @@ pub fn decode(bytes: &[u8]) -> Result<FileOpenRecord, DecodeError> {
         requested_path,
         path,
         path_truncated,
+        verdict: raw.verdict,
     })
 }
 
@@ -205,6 +208,7 @@ pub fn open_event(open: FileOpenRecord) -> proto::FileOpenEvent {
         path_truncated: open.path_truncated,
         path: open.path,
         requested_path: open.requested_path,
+        verdict: crate::enforcement::verdict_name(open.verdict).to_owned(),
     }
 }
 
@@ -233,6 +237,8 @@ mod tests {
             syscall: shared::OpenSyscall::Openat as u32,
             dirfd: -100,
             flags,
+            verdict: 0,
+            _pad: 0,
             path_len: path.len() as u32,
             requested_len: requested.len() as u32,
             requested: [0xAA; shared::FILE_REQUESTED_LEN],
@@ -334,12 +340,12 @@ mod tests {
     fn lengths_beyond_buffers_are_clamped_or_refused() {
         let mut bytes = record(3, 0, 0, "/x", b"x\0");
         // requested_len far too large: clamped to the buffer, cut at the NUL.
-        let requested_len_at = shared::FILE_OPEN_PATH_OFFSET - shared::FILE_REQUESTED_LEN - 4;
+        let requested_len_at = std::mem::offset_of!(shared::FileOpenRecord, requested_len);
         bytes[requested_len_at..requested_len_at + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
         let open = decode(&bytes).unwrap();
         assert_eq!(open.requested_path, "/x");
         // path_len larger than what arrived: refused, not read past the end.
-        let path_len_at = requested_len_at - 4;
+        let path_len_at = std::mem::offset_of!(shared::FileOpenRecord, path_len);
         bytes[path_len_at..path_len_at + 4].copy_from_slice(&100u32.to_ne_bytes());
         assert!(matches!(decode(&bytes), Err(DecodeError::TooShort { .. })));
     }

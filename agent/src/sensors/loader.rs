@@ -4,9 +4,12 @@ use std::{io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
 };
-use custos_ebpf::{Counter, ProbeConfig};
+use custos_ebpf::{
+    Counter, ProbeConfig,
+    policy::{CgroupPolicy, ExecRuleKey, NetRuleKey, PathRule, PathRuleKey},
+};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
@@ -186,6 +189,9 @@ pub struct KernelCounters {
     pub pending_open_dropped: u64,
     pub pending_net_dropped: u64,
     pub syscall_sets_full: u64,
+    pub processes_killed: u64,
+    pub network_blocked: u64,
+    pub allowed_in_kernel: u64,
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
@@ -223,6 +229,15 @@ impl TracedCgroups {
             }
             Err(error) => warn!(cgroup_id, %error, "cannot trace cgroup"),
         }
+    }
+
+    /// Reads the kernel map itself (metrics report how full it is).
+    pub fn read_map<R>(&self, read: impl FnOnce(&MapData) -> R) -> R {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        read(aya::maps::IterableMap::map(&*map))
     }
 }
 
@@ -309,6 +324,9 @@ impl Sensors {
             pending_open_dropped: sum(Counter::PendingOpenDropped)?,
             pending_net_dropped: sum(Counter::PendingNetDropped)?,
             syscall_sets_full: sum(Counter::SyscallSetsFull)?,
+            processes_killed: sum(Counter::ProcessesKilled)?,
+            network_blocked: sum(Counter::NetworkBlocked)?,
+            allowed_in_kernel: sum(Counter::AllowedInKernel)?,
         })
     }
 
@@ -316,6 +334,78 @@ impl Sensors {
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
+
+    /// Attaches the network enforcement programs (cgroup `connect4/6`, `sendmsg4/6`,
+    /// `bind4/6`) to the cgroup2 hierarchy at `cgroup_root`, and hands over the policy maps
+    /// that the enforcement module fills. The programs let everything through until a cgroup
+    /// is put in enforce mode in `POLICY_CGROUPS`.
+    pub fn enforcement(&mut self, cgroup_root: &Path) -> Result<PolicyMaps, SensorError> {
+        let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Attach {
+            name: "enforce_connect4",
+            hook: format!("cgroup {}", cgroup_root.display()),
+            source: Box::new(aya::programs::ProgramError::IOError(source)),
+        })?;
+        for &name in ENFORCEMENT_PROGRAMS {
+            let program_error = |source| SensorError::Program {
+                name,
+                source: Box::new(source),
+            };
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(SensorError::Missing(name))?
+                .try_into()
+                .map_err(program_error)?;
+            program.load().map_err(program_error)?;
+            program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(|source| SensorError::Attach {
+                    name,
+                    hook: format!("cgroup {}", cgroup_root.display()),
+                    source: Box::new(source),
+                })?;
+        }
+        info!(cgroup = %cgroup_root.display(), "network enforcement programs attached");
+        let mut take =
+            |name: &'static str| self.ebpf.take_map(name).ok_or(SensorError::Missing(name));
+        let map_error = |name: &'static str| {
+            move |source| SensorError::Map {
+                name,
+                source: Box::new(source),
+            }
+        };
+        Ok(PolicyMaps {
+            cgroups: aya::maps::HashMap::try_from(take("POLICY_CGROUPS")?)
+                .map_err(map_error("POLICY_CGROUPS"))?,
+            paths: aya::maps::HashMap::try_from(take("PATH_RULES")?)
+                .map_err(map_error("PATH_RULES"))?,
+            execs: aya::maps::HashMap::try_from(take("EXEC_RULES")?)
+                .map_err(map_error("EXEC_RULES"))?,
+            nets: aya::maps::HashMap::try_from(take("NET_RULES")?)
+                .map_err(map_error("NET_RULES"))?,
+            generation: aya::maps::Array::try_from(take("POLICY_GENERATION")?)
+                .map_err(map_error("POLICY_GENERATION"))?,
+        })
+    }
+}
+
+/// The cgroup programs that block network calls: connect and sendmsg (egress), bind (listen).
+const ENFORCEMENT_PROGRAMS: &[&str] = &[
+    "enforce_connect4",
+    "enforce_connect6",
+    "enforce_sendmsg4",
+    "enforce_sendmsg6",
+    "enforce_bind4",
+    "enforce_bind6",
+];
+
+/// The maps profiles are compiled into (see `custos_ebpf::policy`).
+pub struct PolicyMaps {
+    pub cgroups: aya::maps::HashMap<MapData, u64, CgroupPolicy>,
+    pub paths: aya::maps::HashMap<MapData, PathRuleKey, PathRule>,
+    pub execs: aya::maps::HashMap<MapData, ExecRuleKey, u32>,
+    pub nets: aya::maps::HashMap<MapData, NetRuleKey, u32>,
+    pub generation: aya::maps::Array<MapData, u32>,
 }
 
 fn attach(

@@ -14,6 +14,7 @@ mod syscall_names;
 pub mod syscalls;
 
 pub use loader::{
-    KernelCounters, RecordReader, RecordReaders, SensorError, SensorOptions, Sensors, TracedCgroups,
+    KernelCounters, PolicyMaps, RecordReader, RecordReaders, SensorError, SensorOptions, Sensors,
+    TracedCgroups,
 };
 pub use records::{DecodeError, ExecRecord, ExitRecord, ForkRecord, KernelRecord, RecordHeader};

@@ -31,6 +31,8 @@ pub struct ExecRecord {
     pub argv_missing: bool,
     /// `dirfd` of execveat, `AT_FDCWD` for execve.
     pub dirfd: i32,
+    /// The kernel killed the process for this exec (enforce mode); it never ran.
+    pub killed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +172,7 @@ fn decode_exec(raw: &shared::ExecRecord) -> ExecRecord {
         argv_truncated: args.flags & shared::EXEC_FLAG_ARGV_TRUNCATED != 0,
         argv_missing: args.flags & shared::EXEC_FLAG_ARGV_MISSING != 0,
         dirfd: args.dirfd,
+        killed: args.flags & shared::EXEC_FLAG_KILLED != 0,
     }
 }
 

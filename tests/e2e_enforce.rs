@@ -1,0 +1,280 @@
+//! Enforce mode end to end, on the fallback mechanism this host kernel offers (cgroup sock_addr
+//! programs for network calls: EPERM, verdict `blocked`; SIGKILL from the exec and open
+//! tracepoints: verdict `killed`). A workload is learned, its namespace switched to `enforce` by
+//! editing the configuration (no restart), the same workload then runs with zero deviations,
+//! and an unlearned exec, read of /etc/shadow, write and outbound connect are each stopped and
+//! reported exactly once. Global rules (ssh in a container) fire in every mode but `off`.
+//! Real agent, real kernel programs, real containerd containers, real gRPC; needs root.
+mod support;
+
+use std::time::Duration;
+
+use custos::api::proto::{self, custos_client::CustosClient};
+use support::*;
+use tonic::transport::Channel;
+
+fn labels(pod: &str) -> PodLabels<'_> {
+    PodLabels {
+        namespace: "qa",
+        pod,
+        container: "app",
+    }
+}
+
+/// A busybox root with the applets the runs use, a fake /etc/shadow and an `sshd` (busybox
+/// under that name: what matters is the exec, not what it does).
+fn guarded_rootfs() -> Rootfs {
+    let rootfs = Rootfs::busybox_with(&["nc", "ls", "sleep"]);
+    std::fs::write(
+        rootfs.path().join("etc/shadow"),
+        "root:secret-hash:1::::::\n",
+    )
+    .unwrap();
+    let sbin = rootfs.path().join("usr/sbin");
+    std::fs::create_dir_all(&sbin).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", sbin.join("sshd")).unwrap();
+    rootfs
+}
+
+/// Waits until the profile of `workload` holds at least the given counts.
+async fn wait_for_profile(
+    agent: &Agent,
+    client: &mut CustosClient<Channel>,
+    workload: &str,
+    ready: impl Fn(&proto::ProfileSummary) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let profiles = client
+            .list_profiles(proto::ListProfilesRequest {})
+            .await
+            .expect("list profiles")
+            .into_inner()
+            .profiles;
+        if profiles.iter().any(|p| p.workload == workload && ready(p)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "profile of {workload} not learned: {profiles:#?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
+    if !privileged("enforce_mode_stops_each_unlearned_action_and_reports_it_once") {
+        return;
+    }
+    ensure_containerd();
+    let dir = TempDir::new("enforce");
+    let modes = |mode: &str| {
+        format!("default: off\nworkloads:\n- {{workload: guarded, namespace: qa, mode: {mode}}}\n")
+    };
+    let config = agent_config(dir.path(), &modes("learn"), 3600);
+    let agent = Agent::start_with(["--config".into(), config.clone().into_os_string()]).await;
+    let mut client = agent.client().await;
+    let rootfs = guarded_rootfs();
+
+    // The sleep first gives the agent time to put a new container under kernel policy (it
+    // learns of a container from its first event); the connect is refused (nothing listens on
+    // port 7), which is still a connect the profile learns.
+    let learned = "/bin/sleep 1; /bin/cat /etc/hostname; echo ok > /tmp/ok.txt; \
+                   /bin/nc 127.0.0.1 7 < /dev/null; true";
+    // The host's network namespace, for a loopback that is up.
+    let net = ["--net-host"];
+    run_container_with(
+        &container_id(),
+        &rootfs,
+        &labels("guarded-0"),
+        &["/bin/sh", "-c", learned],
+        &net,
+    );
+    wait_for_profile(&agent, &mut client, "guarded", |p| {
+        p.executables >= 4 && p.files >= 2 && p.egress >= 1
+    })
+    .await;
+
+    // Enforce, by editing the configuration: effective within a second.
+    agent_config(dir.path(), &modes("enforce"), 3600);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut deviations = subscribe(
+        &mut client,
+        proto::EventFilter {
+            namespaces: vec!["qa".into()],
+            kinds: vec!["deviation".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // The same workload runs, untouched and unreported.
+    let same_id = container_id();
+    let output = run_container_with(
+        &same_id,
+        &rootfs,
+        &labels("guarded-1"),
+        &["/bin/sh", "-c", &format!("{learned}; echo finished")],
+        &net,
+    );
+    assert!(
+        output.contains("finished"),
+        "the learned run was stopped: {output}"
+    );
+    let during_same = collect_until(&mut deviations, Duration::from_secs(2), |_| false).await;
+    let flagged: Vec<_> = during_same
+        .iter()
+        .filter(|e| workload(e).container_id == same_id)
+        .collect();
+    assert!(
+        flagged.is_empty(),
+        "the learned workload was flagged: {flagged:#?}"
+    );
+
+    // Unlearned actions. A kill hits the process that acted: the exec and the shadow read are
+    // child processes, the write happens in a subshell, so the shell lives on to the end.
+    let odd_id = container_id();
+    let output = run_container_with(
+        &odd_id,
+        &rootfs,
+        &labels("guarded-2"),
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/sleep 1; /bin/cat /etc/hostname; /bin/ls /; /bin/cat /etc/shadow; \
+             ( echo x > /tmp/new.txt ); /bin/nc 127.0.0.1 9 < /dev/null 2>&1; \
+             /usr/sbin/sshd; echo finished",
+        ],
+        &net,
+    );
+    assert!(
+        output.contains("finished"),
+        "the shell itself was stopped: {output}"
+    );
+    assert!(
+        !output.contains("secret-hash"),
+        "/etc/shadow was read: {output}"
+    );
+    assert!(!output.contains("etc\n"), "ls ran: {output}");
+    assert!(
+        output.contains("Operation not permitted"),
+        "the connect did not fail with EPERM: {output}"
+    );
+
+    let expected = [
+        ("exec", "/bin/ls (parent /bin/sh)", "killed", "guarded-app"),
+        (
+            "file",
+            "/etc/shadow read",
+            "killed",
+            "global rule shadowReads",
+        ),
+        ("file", "/tmp/new.txt write", "killed", "guarded-app"),
+        ("connect", "tcp 127.0.0.1 port 9", "blocked", "guarded-app"),
+        (
+            "exec",
+            "/usr/sbin/sshd (parent /bin/sh)",
+            "killed",
+            "global rule ssh",
+        ),
+    ];
+    let odd = |e: &proto::Event| workload(e).container_id == odd_id;
+    let events = collect_until(&mut deviations, Duration::from_secs(10), |events| {
+        expected.iter().all(|(kind, observed, _, _)| {
+            events
+                .iter()
+                .filter(|e| odd(e))
+                .filter_map(deviation_of)
+                .any(|d| d.kind == *kind && d.observed == *observed)
+        })
+    })
+    .await;
+    let late = collect_until(&mut deviations, Duration::from_secs(1), |_| false).await;
+    let all: Vec<_> = events.iter().chain(&late).filter(|e| odd(e)).collect();
+    for (kind, observed, verdict, profile) in expected {
+        let matching: Vec<_> = all
+            .iter()
+            .filter_map(|e| deviation_of(e))
+            .filter(|d| d.kind == kind && d.observed == observed)
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected exactly one {kind} deviation {observed:?}; all deviations: {all:#?}\n{}",
+            agent.log()
+        );
+        let deviation = matching[0];
+        assert_eq!(deviation.verdict, verdict, "{deviation:#?}");
+        assert_eq!(deviation.mode, "enforce");
+        assert_eq!(deviation.profile, profile);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_in_a_container_is_flagged_in_every_mode_but_off() {
+    if !privileged("ssh_in_a_container_is_flagged_in_every_mode_but_off") {
+        return;
+    }
+    ensure_containerd();
+    let dir = TempDir::new("global-rules");
+    let modes = "default: off\nworkloads:\n\
+                 - {workload: learner, namespace: qa, mode: learn}\n\
+                 - {workload: watcher, namespace: qa, mode: monitor}\n\
+                 - {workload: ignored, namespace: qa, mode: off}\n";
+    let config = agent_config(dir.path(), modes, 3600);
+    let agent = Agent::start_with(["--config".into(), config.into_os_string()]).await;
+    let mut client = agent.client().await;
+    let mut deviations = subscribe(
+        &mut client,
+        proto::EventFilter {
+            namespaces: vec!["qa".into()],
+            kinds: vec!["deviation".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let rootfs = guarded_rootfs();
+    let mut ids = Vec::new();
+    for workload in ["learner", "watcher", "ignored"] {
+        let id = container_id();
+        run_container(
+            &id,
+            &rootfs,
+            &PodLabels {
+                namespace: "qa",
+                pod: &format!("{workload}-0"),
+                container: "app",
+            },
+            &["/bin/sh", "-c", "/usr/sbin/sshd; true"],
+        );
+        ids.push(id);
+    }
+    let flagged_in = |events: &[proto::Event], id: &str| {
+        events
+            .iter()
+            .filter(|e| workload(e).container_id == id)
+            .filter_map(deviation_of)
+            .filter(|d| d.profile == "global rule ssh")
+            .count()
+    };
+    let events = collect_until(&mut deviations, Duration::from_secs(10), |events| {
+        flagged_in(events, &ids[0]) > 0 && flagged_in(events, &ids[1]) > 0
+    })
+    .await;
+    let late = collect_until(&mut deviations, Duration::from_secs(1), |_| false).await;
+    let all: Vec<proto::Event> = events.into_iter().chain(late).collect();
+    assert_eq!(flagged_in(&all, &ids[0]), 1, "learn: {all:#?}");
+    assert_eq!(flagged_in(&all, &ids[1]), 1, "monitor: {all:#?}");
+    assert_eq!(flagged_in(&all, &ids[2]), 0, "off: {all:#?}");
+    for event in all
+        .iter()
+        .filter(|e| flagged_in(std::slice::from_ref(e), &ids[0]) > 0)
+    {
+        let deviation = deviation_of(event).unwrap();
+        assert_eq!(deviation.verdict, "alerted");
+        assert_eq!(deviation.severity, "critical");
+        assert_eq!(deviation.observed, "/usr/sbin/sshd (parent /bin/sh)");
+    }
+}
