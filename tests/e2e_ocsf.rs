@@ -384,7 +384,7 @@ fn output_files(live: &Path) -> Vec<PathBuf> {
             Some((n, path))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, path)| path).collect();
     if live.exists() {
         files.push(live.to_path_buf());
@@ -448,7 +448,8 @@ async fn a_real_agent_writes_valid_ocsf_for_exec_file_network_and_deviation() {
     let odd = scenario::deviate(dir.path(), &sections, &rootfs).await;
 
     // The container's exec, open, connect and deviations arrive.
-    let wanted: [(&str, fn(&Value) -> bool); 5] = [
+    type Wanted = (&'static str, fn(&Value) -> bool);
+    let wanted: [Wanted; 5] = [
         ("an exec of /bin/ls", |r| {
             r["class_uid"] == 1007 && r["process"]["file"]["path"] == "/bin/ls"
         }),
