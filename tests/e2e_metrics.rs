@@ -1,6 +1,6 @@
 //! `/metrics` end to end: a real agent with its metrics endpoint on, scraped over HTTP before
-//! and after real containers act (run, are learned, deviate) and a gRPC client subscribes
-//! without reading.
+//! and after real containers act (run, are learned, deviate in monitor mode, are stopped in
+//! enforce mode) and a gRPC client subscribes without reading.
 //! Every scrape must parse as the Prometheus text format, and the counters of events, ring
 //! buffers, BPF maps, profiles, deviations and subscribers must move. Needs root.
 mod scenario;
@@ -185,6 +185,7 @@ async fn metrics_move_when_a_container_acts() {
         "custos_profiles",
         "custos_deviations_total",
         "custos_blocks_total",
+        "custos_kernel_enforced_total",
         "custos_grpc_subscribers",
         "custos_grpc_subscriber_dropped_events_total",
     ] {
@@ -243,7 +244,7 @@ async fn metrics_move_when_a_container_acts() {
     }
 
     // Then it deviates: counted by kind and verdict.
-    scenario::deviate(dir.path(), &sections, &rootfs).await;
+    scenario::deviate(dir.path(), "monitor", &sections, &rootfs).await;
     let kinds = ["exec", "file", "connect"];
     let series =
         |kind: &str| format!(r#"custos_deviations_total{{kind="{kind}",verdict="alerted"}}"#);
@@ -289,4 +290,31 @@ async fn metrics_move_when_a_container_acts() {
         &deviated,
     );
     assert_eq!(deviated.get("custos_grpc_subscribers"), 1.0);
+
+    // In enforce mode the same unlearned exec is killed in the kernel: a block.
+    scenario::deviate(dir.path(), "enforce", &sections, &rootfs).await;
+    let killed = r#"custos_blocks_total{kind="exec",verdict="killed"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let enforced = loop {
+        let now = scrape(addr).await;
+        if now.samples.get(killed).is_some_and(|v| *v >= 1.0) {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no block counted: {:#?}\n{}",
+            now.samples,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    moved(
+        r#"custos_kernel_enforced_total{action="killed"}"#,
+        &deviated,
+        &enforced,
+    );
+    assert!(
+        enforced.get(r#"custos_deviations_total{kind="exec",verdict="killed"}"#) >= 1.0,
+        "a block is a deviation too"
+    );
 }

@@ -215,6 +215,25 @@ fn every_shape() -> Vec<(&'static str, proto::Event)> {
             Body::Exec(proto::ExecEvent::default()),
         ),
         (
+            "exec killed in the kernel",
+            pod.clone(),
+            Body::Exec(proto::ExecEvent {
+                path: "/usr/bin/apt".into(),
+                verdict: "killed".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "open judged in the kernel",
+            pod.clone(),
+            Body::Open(proto::FileOpenEvent {
+                path: "/etc/gshadow".into(),
+                result: 3,
+                verdict: "alerted".into(),
+                ..Default::default()
+            }),
+        ),
+        (
             "fork",
             pod.clone(),
             Body::Fork(proto::ForkEvent { child_pid: 4100 }),
@@ -445,7 +464,7 @@ async fn a_real_agent_writes_valid_ocsf_for_exec_file_network_and_deviation() {
     let agent = Agent::start_with(["--config".into(), config.into_os_string()]).await;
     let rootfs = scenario::rootfs();
     scenario::learn(&agent, &rootfs).await;
-    let odd = scenario::deviate(dir.path(), &sections, &rootfs).await;
+    let odd = scenario::deviate(dir.path(), "monitor", &sections, &rootfs).await;
 
     // The container's exec, open, connect and deviations arrive.
     type Wanted = (&'static str, fn(&Value) -> bool);

@@ -1,6 +1,6 @@
 //! A workload that deviates, for the tests of what deviations feed (the OCSF output,
 //! metrics): it is learned in `learn` mode, switched to `monitor` by editing the configuration
-//! file, then run with actions it never did: an exec (`/bin/ls`), a file read
+//! file (or `enforce`), then run with actions it never did: an exec (`/bin/ls`), a file read
 //! (`/etc/shadow`) and an outbound connect (`127.0.0.1:9`, refused).
 use std::{
     path::{Path, PathBuf},
@@ -49,7 +49,11 @@ fn labels(pod: &str) -> PodLabels<'_> {
 /// Runs the workload's usual behaviour and waits until its profile holds it.
 pub async fn learn(agent: &Agent, rootfs: &Rootfs) {
     // `true` (a builtin) last, so that the shell forks for every external command.
-    let usual = ["/bin/sh", "-c", "/bin/cat /etc/hostname; true"];
+    let usual = [
+        "/bin/sh",
+        "-c",
+        "/bin/sleep 0; /bin/cat /etc/hostname; true",
+    ];
     run_container(
         &container_id(),
         rootfs,
@@ -80,23 +84,27 @@ pub async fn learn(agent: &Agent, rootfs: &Rootfs) {
     }
 }
 
-/// Switches the workload to `monitor` (rewriting the configuration with `sections`), waits
-/// for the reload, and runs the unusual behaviour; returns the container's id.
-pub async fn deviate(dir: &Path, sections: &[(&str, &str)], rootfs: &Rootfs) -> String {
-    config(dir, "monitor", sections);
+/// Switches the workload to `mode` (`monitor` or `enforce`; rewriting the configuration with
+/// `sections`), waits for the reload, and runs the unusual behaviour (in `enforce`, its
+/// unlearned execs are killed: the shell goes on); returns the container's id.
+pub async fn deviate(dir: &Path, mode: &str, sections: &[(&str, &str)], rootfs: &Rootfs) -> String {
+    config(dir, mode, sections);
     // Reloads are checked every 250 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A learned pause first: the agent puts a new container under kernel policy within a
+    // moment of seeing it, and enforcement applies from then on. No redirections: the shell
+    // opens those itself, and in enforce mode an unlearned open kills the shell.
+    let pause = if mode == "enforce" { 2 } else { 0 };
+    let script = format!(
+        "/bin/sleep {pause}; /bin/cat /etc/hostname; /bin/ls /; /bin/cat /etc/shadow; \
+         /bin/nc 127.0.0.1 9; true"
+    );
     let id = container_id();
     run_container_with(
         &id,
         rootfs,
         &labels(&format!("{WORKLOAD}-1")),
-        &[
-            "/bin/sh",
-            "-c",
-            "/bin/cat /etc/hostname; /bin/ls / > /dev/null; /bin/cat /etc/shadow; \
-             /bin/nc 127.0.0.1 9 < /dev/null; true",
-        ],
+        &["/bin/sh", "-c", &script],
         // The host's network namespace, for a loopback that is up.
         &["--net-host"],
     );

@@ -14,6 +14,8 @@
 //! | `custos_ring_buffer_dropped_total` | counter | `ring`: records lost to a full ring |
 //! | `custos_ring_buffer_suppressed_total` | counter | `ring`: identical actions counted, not sent (activity only) |
 //! | `custos_kernel_pending_dropped_total` | counter | `table` (exec, open, network): calls lost between entry and exit |
+//! | `custos_kernel_enforced_total` | counter | `action` (killed, blocked): actions stopped in the kernel |
+//! | `custos_kernel_allowed_total` | counter | (none): known-good actions of judged containers, not sent |
 //! | `custos_bpf_map_entries`, `custos_bpf_map_capacity` | gauge | `map` |
 //! | `custos_profiles` | gauge | `status` (learning, stable) |
 //! | `custos_deviations_total` | counter | `kind`, `verdict` (alerted, blocked, killed) |
@@ -363,6 +365,28 @@ fn render_kernel(out: &mut Exposition, counters: Option<KernelCounters>) {
             value,
         );
     }
+    out.family(
+        "custos_kernel_enforced_total",
+        "counter",
+        "Actions stopped in the kernel (enforce): processes killed for an exec or open, network \
+         calls failed with EPERM.",
+    );
+    out.sample(
+        "custos_kernel_enforced_total",
+        &[("action", "killed")],
+        c.processes_killed,
+    );
+    out.sample(
+        "custos_kernel_enforced_total",
+        &[("action", "blocked")],
+        c.network_blocked,
+    );
+    out.family(
+        "custos_kernel_allowed_total",
+        "counter",
+        "Actions of judged containers the kernel found in their profile and did not send.",
+    );
+    out.sample("custos_kernel_allowed_total", &[], c.allowed_in_kernel);
     out.family(
         "custos_syscall_sets_full_total",
         "counter",

@@ -82,6 +82,7 @@ async fn server(outputs: Outputs) -> (MetricsServer, Sources) {
                 activity_sent: 20,
                 activity_dropped: 2,
                 repeats_suppressed: 7,
+                processes_killed: 5,
                 ..Default::default()
             })
         }),
@@ -146,6 +147,8 @@ async fn a_scrape_reports_every_source_in_the_text_format() {
         (r#"custos_ring_buffer_events_total{ring="activity"}"#, 20),
         (r#"custos_ring_buffer_dropped_total{ring="process"}"#, 1),
         (r#"custos_ring_buffer_suppressed_total{ring="activity"}"#, 7),
+        (r#"custos_kernel_enforced_total{action="killed"}"#, 5),
+        (r#"custos_kernel_enforced_total{action="blocked"}"#, 0),
         (r#"custos_bpf_map_entries{map="RECENT"}"#, 3),
         (r#"custos_bpf_map_capacity{map="RECENT"}"#, 65536),
         (r#"custos_profiles{status="learning"}"#, 2),

@@ -246,21 +246,20 @@ fn exec_record(subject: &Subject, exec: &proto::ExecEvent) -> Record {
             map.insert("cmd_line".into(), cmd_line(&exec.argv).into());
         }
     }
-    Record::activity(
-        subject,
-        (1, "Launch"),
-        json!({
-            "process": process,
-            "actor": subject.parent_actor(),
-            "message": format!("exec {}", exec.path),
-            "status_id": 1,
-            "status": "Success",
-            "unmapped": { "custos": {
-                "argv_truncated": exec.argv_truncated,
-                "path_truncated": exec.path_truncated,
-            }},
-        }),
-    )
+    let mut fields = json!({
+        "process": process,
+        "actor": subject.parent_actor(),
+        "message": format!("exec {}", exec.path),
+        "status_id": 1,
+        "status": "Success",
+        "unmapped": { "custos": {
+            "argv_truncated": exec.argv_truncated,
+            "path_truncated": exec.path_truncated,
+            "verdict": exec.verdict,
+        }},
+    });
+    add_kernel_verdict(&mut fields, &exec.verdict);
+    Record::activity(subject, (1, "Launch"), fields)
 }
 
 fn fork_record(subject: &Subject, fork: &proto::ForkEvent) -> Record {
@@ -339,9 +338,11 @@ fn open_record(subject: &Subject, open: &proto::FileOpenEvent) -> Record {
             "syscall": open.syscall,
             "requested_path": open.requested_path,
             "path_truncated": open.path_truncated,
+            "verdict": open.verdict,
         }},
     });
     add_status(&mut fields, open.result, false);
+    add_kernel_verdict(&mut fields, &open.verdict);
     Record::activity(subject, (14, "Open"), fields)
 }
 
@@ -608,6 +609,17 @@ fn add_status(fields: &mut Value, result: i32, in_progress: bool) {
     map.insert("status_code".into(), errno.to_string().into());
     let detail = std::io::Error::from_raw_os_error(errno).to_string();
     map.insert("status_detail".into(), detail.into());
+}
+
+/// A process the kernel killed for the action (enforce mode, outside its profile): the
+/// action failed, whatever the syscall's result. The Detection Finding of the same action
+/// says why.
+fn add_kernel_verdict(fields: &mut Value, verdict: &str) {
+    if verdict == "killed" {
+        fields["status_id"] = 2.into();
+        fields["status"] = "Failure".into();
+        fields["status_detail"] = "process killed: outside its profile (enforce)".into();
+    }
 }
 
 /// `connection_info.direction_id`.

@@ -252,6 +252,47 @@ fn open_is_file_system_activity_with_its_result() {
 }
 
 #[test]
+fn an_action_the_kernel_killed_the_process_for_failed() {
+    let mut killed = event(
+        pod(),
+        Body::Exec(proto::ExecEvent {
+            path: "/bin/nc".into(),
+            verdict: "killed".into(),
+            ..Default::default()
+        }),
+    );
+    let record = map(&killed);
+    assert_eq!(record["status_id"], 2);
+    assert_eq!(record["unmapped"]["custos"]["verdict"], "killed");
+    if let Some(Body::Exec(exec)) = &mut killed.body {
+        exec.verdict.clear();
+    }
+    assert_eq!(map(&killed)["status_id"], 1);
+
+    let open = map(&event(
+        pod(),
+        Body::Open(proto::FileOpenEvent {
+            path: "/etc/shadow".into(),
+            result: 3,
+            verdict: "killed".into(),
+            ..Default::default()
+        }),
+    ));
+    assert_eq!(open["status_id"], 2);
+    let alerted = map(&event(
+        pod(),
+        Body::Open(proto::FileOpenEvent {
+            path: "/etc/shadow".into(),
+            result: 3,
+            verdict: "alerted".into(),
+            ..Default::default()
+        }),
+    ));
+    assert_eq!(alerted["status_id"], 1);
+    assert_eq!(alerted["unmapped"]["custos"]["verdict"], "alerted");
+}
+
+#[test]
 fn network_operations_map_to_activities_and_endpoints() {
     use proto::NetworkOperation::{Accept, Connect, Listen};
     let connect = map(&event(pod(), network(Connect, 0)));
