@@ -4,12 +4,13 @@
  *
  *   bench open    N   open("/tmp/bench-file") + close, N times
  *   bench exec    N   fork + execve("/bin/bench", "noop") + waitpid, N times
- *   bench connect N   TCP connect to a listener on 127.0.0.1 (own thread, ephemeral port) + close
+ *   bench connect N   TCP connect to a listener on 127.0.0.1:CONNECT_PORT (own thread) + close
  *   bench getppid N   getppid(), N times
  *   bench noop        exits at once (the program `exec` runs)
  *
- * Each timed mode first waits WARMUP_MS (the agent starts tracing a container once it has seen
- * its first exec), runs N/10 untimed iterations, then times N iterations with
+ * Each timed mode first waits WARMUP_MS, or $BENCH_WARMUP_MS (the agent starts tracing a
+ * container, and puts it under kernel policy in enforce mode, once it has seen its first exec),
+ * runs N/10 untimed iterations, then times N iterations with
  * clock_gettime(CLOCK_MONOTONIC) and prints one line:  <mode> <n> <total_ns> <ns_per_op>
  *
  * Offered load for the throughput test:
@@ -18,7 +19,9 @@
  *                                   at RATE operations/s (0: as fast as possible) for SECONDS
  *                                   and prints:  storm <kind> <ops> <total_ns> <ops_per_s>
  *
- * Loopback only: the connect modes never use any other address.
+ * Loopback only: the connect modes never use any other address. The port is fixed (each
+ * container has its own network namespace) so that an enforce-mode profile learned from one run
+ * allows the next.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -39,6 +42,7 @@
 #define WARMUP_MS 300
 #define OPEN_PATH "/tmp/bench-file"
 #define SELF "/bin/bench"
+#define CONNECT_PORT 7070
 
 static uint64_t now_ns(void) {
 	struct timespec ts;
@@ -122,7 +126,9 @@ static void connect_setup(void) {
 	memset(&listen_addr, 0, sizeof listen_addr);
 	listen_addr.sin_family = AF_INET;
 	listen_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* 127.0.0.1, never anything else */
-	listen_addr.sin_port = 0;                             /* ephemeral */
+	listen_addr.sin_port = htons(CONNECT_PORT);
+	int one = 1;
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	if (bind(lfd, (struct sockaddr *)&listen_addr, sizeof listen_addr) < 0)
 		die("bind 127.0.0.1");
 	socklen_t len = sizeof listen_addr;
@@ -158,6 +164,11 @@ static void getppid_once(void) {
 
 /* ---- driver ---- */
 
+static unsigned warmup_ms(void) {
+	const char *env = getenv("BENCH_WARMUP_MS");
+	return env ? (unsigned)strtoul(env, NULL, 10) : WARMUP_MS;
+}
+
 static void (*op_for(const char *mode))(void) {
 	if (!strcmp(mode, "open"))
 		return open_once;
@@ -183,8 +194,9 @@ static int timed(const char *mode, uint64_t n) {
 		fprintf(stderr, "unknown mode %s\n", mode);
 		return 2;
 	}
+	/* Setup after the wait, so that the agent sees (and in enforce mode judges) it too. */
+	usleep(warmup_ms() * 1000);
 	setup_for(mode);
-	usleep(WARMUP_MS * 1000);
 	for (uint64_t i = 0; i < n / 10; i++)
 		op();
 	uint64_t start = now_ns();
@@ -208,9 +220,9 @@ static int storm(const char *kind, double rate, double seconds) {
 		fprintf(stderr, "unknown storm kind %s\n", kind);
 		return 2;
 	}
+	usleep(warmup_ms() * 1000);
 	if (k == 1)
 		connect_setup();
-	usleep(WARMUP_MS * 1000);
 	uint64_t start = now_ns();
 	uint64_t end = start + (uint64_t)(seconds * 1e9);
 	uint64_t ops = 0, t = start;

@@ -3,8 +3,10 @@
 //!
 //! * Overhead: the same workload (`tests/workloads/bench.c`, static, in a real containerd
 //!   container) runs with the agent attached (running, with one gRPC subscriber draining every
-//!   event) and not attached (no agent), alternating A B B A ..., for several rounds; the ratio
-//!   of the medians of the workload's own ns/op is reported.
+//!   event), not attached (no agent), and attached with the workload learned and in `enforce`
+//!   mode (under kernel policy, see `bench/enforce.rs`), in a different order each round, for
+//!   several rounds; the ratios of the medians of the workload's own ns/op to the not-attached
+//!   median are reported.
 //! * Throughput: a container offers events at increasing rates; one subscriber counts what it
 //!   receives, and `GetStatus` gives what was lost in the kernel and in the subscriber's queue.
 //! * Agent RSS from /proc.
@@ -12,6 +14,7 @@
 //! Results go to stdout (markdown), `docs/bench/latest.md`, `docs/bench/latest.json`, and the
 //! README's benchmark section (between its `bench:start` / `bench:end` markers).
 
+mod enforce;
 mod grpc;
 
 use std::fs;
@@ -38,7 +41,7 @@ struct Workload {
     mode: &'static str,
     what: &'static str,
     iterations: u64,
-    /// Ratio attached/detached not to exceed.
+    /// Ratio attached/detached (and enforced/detached) not to exceed.
     target: f64,
 }
 
@@ -128,12 +131,15 @@ pub fn run(root: &Path, target_dir: &Path, custos: &Path, options: &Options) -> 
         others_seen: 0,
     };
 
+    step("enforce mode: learning the bench workload's profile");
+    let enforce = enforce::learn(&mut env, root)?;
+
     step(format!(
-        "overhead: {} workloads x {} rounds, attached and not attached",
+        "overhead: {} workloads x {} rounds, attached, not attached and enforcing",
         WORKLOADS.len(),
         options.rounds
     ));
-    let overhead = overhead(&mut env, options.rounds)?;
+    let overhead = overhead(&mut env, &enforce, options.rounds)?;
     step("throughput: one subscriber, increasing offered load");
     let throughput = throughput(&mut env, options.storm_seconds)?;
 
@@ -199,8 +205,9 @@ fn container_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Runs `/bin/bench ARGS` in a new container; returns its id and its stdout's last line.
-fn run_container(env: &Env, args: &[String]) -> Result<(String, String)> {
+/// Runs `/bin/bench ARGS` in a new container (`ctr_args`: more `ctr run` options, such as
+/// labels); returns its id and its stdout's last line.
+fn run_container(env: &Env, args: &[String], ctr_args: &[String]) -> Result<(String, String)> {
     let id = container_id()?;
     let mut child = Command::new("ctr")
         .args([
@@ -209,6 +216,7 @@ fn run_container(env: &Env, args: &[String]) -> Result<(String, String)> {
             "--label",
             "io.kubernetes.pod.namespace=custos-bench",
         ])
+        .args(ctr_args)
         .arg("--rootfs")
         .arg(&env.rootfs)
         .arg(&id)
@@ -272,17 +280,27 @@ struct Agent {
 
 impl Agent {
     fn start(env: &mut Env) -> Result<Self> {
+        Self::start_with(env, None, None)
+    }
+
+    /// Starts the agent with a configuration file (else the built-in one) and a state
+    /// directory (else a fresh one).
+    fn start_with(env: &mut Env, config: Option<&Path>, state_dir: Option<&Path>) -> Result<Self> {
         let dir = env.work.join("agent");
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let socket = dir.join("s.sock");
         let log = env.work.join("agent.log");
-        let child = Command::new(&env.custos)
-            .arg("agent")
+        let mut command = Command::new(&env.custos);
+        command.arg("agent");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--listen-unix")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.join("st"))
+            .arg(state_dir.map_or_else(|| dir.join("st"), Path::to_owned))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log)?)
@@ -423,84 +441,163 @@ fn other_agents(ours: u32) -> usize {
         .count()
 }
 
+/// The three ways a workload runs in the overhead test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    /// The agent runs with one subscriber; the bench containers are not profiled.
+    Attached,
+    /// No agent.
+    Detached,
+    /// The agent runs with one subscriber and the bench workload's learned profile enforced.
+    Enforced,
+}
+
+impl Condition {
+    fn letter(self) -> &'static str {
+        match self {
+            Condition::Attached => "A",
+            Condition::Detached => "B",
+            Condition::Enforced => "E",
+        }
+    }
+}
+
+/// Every order of the three conditions, one per round in turn: none always goes first.
+const ORDERS: [[Condition; 3]; 6] = {
+    use Condition::{Attached as A, Detached as B, Enforced as E};
+    [
+        [A, B, E],
+        [B, E, A],
+        [E, A, B],
+        [A, E, B],
+        [E, B, A],
+        [B, A, E],
+    ]
+};
+
+/// One workload's samples (ns/op per run) and events received per run.
+#[derive(Default)]
+struct Samples {
+    detached: Vec<f64>,
+    attached: Vec<f64>,
+    enforced: Vec<f64>,
+    attached_events: Vec<u64>,
+    enforced_events: Vec<u64>,
+}
+
 struct Overhead {
-    /// Per workload: (detached ns/op samples, attached ns/op samples, events received from the
-    /// container per attached run).
-    samples: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)>,
+    samples: Vec<Samples>,
     /// Agent memory (VmRSS, VmHWM KiB) at the end of each attached round.
     memory: Vec<(u64, u64)>,
+    /// The kernel's enforcement counters of each enforce round's agent.
+    counters: Vec<enforce::KernelCounters>,
     order: Vec<&'static str>,
 }
 
-fn overhead(env: &mut Env, rounds: usize) -> Result<Overhead> {
+fn overhead(env: &mut Env, enforcing: &enforce::Enforce, rounds: usize) -> Result<Overhead> {
     let mut result = Overhead {
-        samples: WORKLOADS
-            .iter()
-            .map(|_| (Vec::new(), Vec::new(), Vec::new()))
-            .collect(),
+        samples: WORKLOADS.iter().map(|_| Samples::default()).collect(),
         memory: Vec::new(),
+        counters: Vec::new(),
         order: Vec::new(),
     };
     for round in 0..rounds {
-        // A B, B A, A B, ...: neither condition always goes first.
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for attached in order {
-            result.order.push(if attached { "A" } else { "B" });
-            let agent = if attached {
-                Some(Agent::start(env)?)
+        for condition in ORDERS[round % ORDERS.len()] {
+            result.order.push(condition.letter());
+            let agent = match condition {
+                Condition::Attached => Some(Agent::start(env)?),
+                Condition::Enforced => {
+                    let agent = Agent::start_with(
+                        env,
+                        Some(&enforcing.config),
+                        Some(&enforcing.state_dir),
+                    )?;
+                    // The learned profile is loaded, and compiled into the kernel's maps within
+                    // one enforcement sync (200 ms).
+                    enforce::wait_for_profile(env, &agent, false)?;
+                    thread::sleep(Duration::from_millis(500));
+                    Some(agent)
+                }
+                Condition::Detached => {
+                    let others = other_agents(0);
+                    env.others_seen = env.others_seen.max(others);
+                    None
+                }
+            };
+            let ctr_args = if condition == Condition::Enforced {
+                enforce::ctr_args()
             } else {
-                let others = other_agents(0);
-                env.others_seen = env.others_seen.max(others);
-                None
+                Vec::new()
             };
             let mut ids = Vec::new();
             for (w, workload) in WORKLOADS.iter().enumerate() {
                 let args = [workload.mode.to_owned(), workload.iterations.to_string()];
-                let (id, line) = run_container(env, &args)?;
+                let (id, line) = run_container(env, &args, &ctr_args).with_context(|| {
+                    format!(
+                        "{condition:?} run of the {} loop (agent log: {})",
+                        workload.mode,
+                        env.work.join("agent.log").display()
+                    )
+                })?;
                 let ns = parse_ns_per_op(&line, workload)?;
-                if attached {
-                    result.samples[w].1.push(ns);
-                } else {
-                    result.samples[w].0.push(ns);
+                let samples = &mut result.samples[w];
+                match condition {
+                    Condition::Attached => samples.attached.push(ns),
+                    Condition::Detached => samples.detached.push(ns),
+                    Condition::Enforced => samples.enforced.push(ns),
                 }
                 ids.push(id);
             }
-            if let Some(agent) = agent {
-                agent.drain(Duration::from_millis(200), Duration::from_secs(3));
-                for (w, id) in ids.iter().enumerate() {
-                    let seen = agent.subscriber().container(id).total;
-                    if seen == 0 {
-                        bail!(
-                            "the subscriber received no event from container {id} \
-                             ({} workload): is the agent tracing containers? log: {}",
-                            WORKLOADS[w].mode,
-                            agent.log.display()
-                        );
-                    }
-                    result.samples[w].2.push(seen);
+            let Some(agent) = agent else { continue };
+            agent.drain(Duration::from_millis(200), Duration::from_secs(3));
+            for (w, id) in ids.iter().enumerate() {
+                let seen = agent.subscriber().container(id).total;
+                if seen == 0 {
+                    bail!(
+                        "the subscriber received no event from container {id} \
+                         ({} workload, {condition:?}): is the agent tracing containers? log: {}",
+                        WORKLOADS[w].mode,
+                        agent.log.display()
+                    );
                 }
-                result.memory.push(agent.memory()?);
-                agent.stop()?;
+                let samples = &mut result.samples[w];
+                if condition == Condition::Enforced {
+                    samples.enforced_events.push(seen);
+                } else {
+                    samples.attached_events.push(seen);
+                }
             }
+            if condition == Condition::Enforced {
+                let counters = enforce::kernel_counters(agent.child.id())?;
+                if counters.processes_killed > 0 || counters.network_blocked > 0 {
+                    note(format!(
+                        "enforce round {}: the kernel stopped actions of the learned workload: \
+                         {counters:?}",
+                        round + 1
+                    ));
+                }
+                result.counters.push(counters);
+            } else {
+                result.memory.push(agent.memory()?);
+            }
+            agent.stop()?;
         }
         let line: Vec<String> = WORKLOADS
             .iter()
             .zip(&result.samples)
-            .map(|(w, (d, a, _))| {
+            .map(|(w, s)| {
+                let last = |v: &[f64]| v.last().copied().unwrap_or(0.0);
                 format!(
-                    "{} {:.0}/{:.0}",
+                    "{} {:.0}/{:.0}/{:.0}",
                     w.mode,
-                    a.last().unwrap_or(&0.0),
-                    d.last().unwrap_or(&0.0)
+                    last(&s.attached),
+                    last(&s.enforced),
+                    last(&s.detached)
                 )
             })
             .collect();
         note(format!(
-            "round {}/{rounds} (ns/op attached/detached): {}",
+            "round {}/{rounds} (ns/op attached/enforced/detached): {}",
             round + 1,
             line.join(", ")
         ));
@@ -552,7 +649,7 @@ fn storm(env: &Env, kind: &str, rate: u64, seconds: f64) -> Result<(String, f64,
         rate.to_string(),
         seconds.to_string(),
     ];
-    let (id, line) = run_container(env, &args)?;
+    let (id, line) = run_container(env, &args, &[])?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     match fields.as_slice() {
         ["storm", _, ops, total_ns, _] => Ok((id, ops.parse()?, total_ns.parse::<f64>()? / 1e9)),
@@ -723,24 +820,36 @@ fn report(
     let workloads: Vec<Value> = WORKLOADS
         .iter()
         .zip(&overhead.samples)
-        .map(|(w, (detached, attached, events))| {
-            let (d, a) = (median(detached), median(attached));
-            let ratio = a / d;
+        .map(|(w, s)| {
+            let (d, a, e) = (
+                median(&s.detached),
+                median(&s.attached),
+                median(&s.enforced),
+            );
+            let (ratio, enforce_ratio) = (a / d, e / d);
             json!({
                 "mode": w.mode,
                 "workload": w.what,
                 "iterations": w.iterations,
-                "detached_ns_per_op": detached,
-                "attached_ns_per_op": attached,
+                "detached_ns_per_op": s.detached,
+                "attached_ns_per_op": s.attached,
+                "enforced_ns_per_op": s.enforced,
                 "median_detached_ns": round1(d),
                 "median_attached_ns": round1(a),
+                "median_enforced_ns": round1(e),
                 "ratio": round3(ratio),
+                "enforce_ratio": round3(enforce_ratio),
                 "target_ratio_max": w.target,
                 "pass": ratio <= w.target,
-                "events_received_per_attached_run": events,
+                "enforce_pass": enforce_ratio <= w.target,
+                "events_received_per_attached_run": s.attached_events,
+                "events_received_per_enforced_run": s.enforced_events,
             })
         })
         .collect();
+    let counters = |f: fn(&enforce::KernelCounters) -> u64| {
+        overhead.counters.iter().map(f).collect::<Vec<_>>()
+    };
     let steps: Vec<Value> = throughput
         .steps
         .iter()
@@ -772,6 +881,14 @@ fn report(
         "loadavg_1m": load,
         "other_agents_running": env.others_seen,
         "overhead": workloads,
+        "enforce": {
+            "learned_workload": "bench (namespace custos-bench)",
+            "kernel_counters_per_enforce_round": {
+                "allowed_in_kernel": counters(|c| c.allowed_in_kernel),
+                "processes_killed": counters(|c| c.processes_killed),
+                "network_blocked": counters(|c| c.network_blocked),
+            },
+        },
         "throughput": {
             "source": throughput.source,
             "event_kind": throughput.kind,
@@ -834,20 +951,67 @@ fn markdown(r: &Value) -> String {
             r["other_agents_running"]
         );
     }
-    md += "| Workload (in a container) | Iterations | Not attached, median ns/op | Attached, median ns/op | Ratio | Target | |\n";
-    md += "|---|---:|---:|---:|---:|---:|---|\n";
+    md += "Attached (A): the agent runs with one gRPC subscriber. Enforce (E): the same, with the \
+           bench workload's profile learned beforehand and the workload in `enforce` mode, so its \
+           loops run under kernel policy (the container waits 1 s before its loop). Ratios are to \
+           the not-attached (B) median.\n\n";
+    md += "| Workload (in a container) | Iterations | Not attached, median ns/op \
+           | Attached, median ns/op | Attached ratio | Enforce, median ns/op | Enforce ratio \
+           | Target |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     for w in r["overhead"].as_array().into_iter().flatten() {
         md += &format!(
-            "| {} | {} | {:.1} | {:.1} | {:.3} | ≤ {:.2} | {} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.3} {} | {:.1} | {:.3} {} | ≤ {:.2} |\n",
             s(&w["workload"]),
             w["iterations"],
-            w["median_detached_ns"].as_f64().unwrap_or(f64::NAN),
-            w["median_attached_ns"].as_f64().unwrap_or(f64::NAN),
-            w["ratio"].as_f64().unwrap_or(f64::NAN),
-            w["target_ratio_max"].as_f64().unwrap_or(f64::NAN),
-            pass(w["pass"].as_bool().unwrap_or(false))
+            num(&w["median_detached_ns"]),
+            num(&w["median_attached_ns"]),
+            num(&w["ratio"]),
+            pass(w["pass"].as_bool().unwrap_or(false)),
+            num(&w["median_enforced_ns"]),
+            num(&w["enforce_ratio"]),
+            pass(w["enforce_pass"].as_bool().unwrap_or(false)),
+            num(&w["target_ratio_max"]),
         );
     }
+    let k = &r["enforce"]["kernel_counters_per_enforce_round"];
+    let total = |v: &Value| -> u64 {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .sum()
+    };
+    let per_run = |mode: &str| {
+        r["overhead"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["mode"] == mode)
+            .map(|w| {
+                median(
+                    &w["events_received_per_enforced_run"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_f64)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap_or(f64::NAN)
+    };
+    md += &format!(
+        "\nKernel counters over all enforce rounds: {} actions of the learned workload allowed in \
+         the kernel (never sent to user space), {} processes killed, {} network calls blocked. \
+         Events received per enforce run (median): open {:.0}, exec {:.0}, connect {:.0}.\n",
+        total(&k["allowed_in_kernel"]),
+        total(&k["processes_killed"]),
+        total(&k["network_blocked"]),
+        per_run("open"),
+        per_run("exec"),
+        per_run("connect"),
+    );
     let t = &r["throughput"];
     md += &format!(
         "\nThroughput, ring buffer → agent → one gRPC subscriber: `{}` storm in a container, \

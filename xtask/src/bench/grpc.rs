@@ -1,5 +1,5 @@
 //! A minimal client of the agent's gRPC API (`proto/custos/v1/custos.proto`) for the benchmark:
-//! `GetStatus` and a counting `Subscribe`.
+//! `GetStatus`, `ListProfiles` and a counting `Subscribe`.
 //!
 //! The messages are written out by hand with only the fields the benchmark reads (protobuf
 //! decoding skips the others), so xtask needs neither code generation nor the agent crate, whose
@@ -119,6 +119,30 @@ impl AgentStatus {
     }
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListProfilesRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListProfilesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub profiles: Vec<ProfileSummary>,
+}
+
+/// Learning progress of one profile (the counts the benchmark checks).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProfileSummary {
+    #[prost(string, tag = "2")]
+    pub workload: String,
+    #[prost(uint32, tag = "6")]
+    pub executables: u32,
+    #[prost(uint32, tag = "7")]
+    pub files: u32,
+    #[prost(uint32, tag = "8")]
+    pub egress: u32,
+    #[prost(uint32, tag = "9")]
+    pub listen: u32,
+}
+
 async fn channel(path: &Path) -> Result<Channel> {
     let path: PathBuf = path.to_owned();
     let connector = tower::service_fn(move |_: Uri| {
@@ -145,6 +169,18 @@ pub async fn get_status(socket: &Path) -> Result<AgentStatus> {
         .await
         .context("GetStatus failed")?;
     Ok(response.into_inner())
+}
+
+pub async fn list_profiles(socket: &Path) -> Result<Vec<ProfileSummary>> {
+    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
+    grpc.ready().await.context("agent not ready")?;
+    let codec = tonic_prost::ProstCodec::<ListProfilesRequest, ListProfilesResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/custos.v1.Custos/ListProfiles");
+    let response = grpc
+        .unary(tonic::Request::new(ListProfilesRequest {}), path, codec)
+        .await
+        .context("ListProfiles failed")?;
+    Ok(response.into_inner().profiles)
 }
 
 /// Events received by a [`Subscriber`], per container id ("" for host events).
