@@ -81,7 +81,7 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
     // The sleep first gives the agent time to put a new container under kernel policy (it
     // learns of a container from its first event); the connect is refused (nothing listens on
     // port 7), which is still a connect the profile learns.
-    let learned = "/bin/sleep 1; /bin/cat /etc/hostname; echo ok > /tmp/ok.txt; \
+    let learned = "/bin/sleep 2; /bin/cat /etc/hostname; echo ok > /tmp/ok.txt; \
                    /bin/nc 127.0.0.1 7 < /dev/null; true";
     // The host's network namespace, for a loopback that is up.
     let net = ["--net-host"];
@@ -143,7 +143,7 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
         &[
             "/bin/sh",
             "-c",
-            "/bin/sleep 1; /bin/cat /etc/hostname; /bin/ls /; /bin/cat /etc/shadow; \
+            "/bin/sleep 2; /bin/cat /etc/hostname; /bin/ls /; /bin/cat /etc/shadow; \
              ( echo x > /tmp/new.txt ); /bin/nc 127.0.0.1 9 < /dev/null 2>&1; \
              /usr/sbin/sshd; echo finished",
         ],

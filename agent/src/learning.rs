@@ -226,10 +226,12 @@ impl Learner {
 /// they do (mounts, host paths, the exec fifo) is not the workload's behaviour. The exec of the
 /// entrypoint itself carries the new name and is learned.
 pub(crate) fn is_container_runtime(event: &proto::Event) -> bool {
-    event
-        .process
-        .as_ref()
-        .is_some_and(|process| process.comm == "runc" || process.comm.starts_with("runc:"))
+    event.process.as_ref().is_some_and(|process| {
+        process.comm == "runc"
+                || process.comm.starts_with("runc:")
+                // runc re-executing itself from a sealed memfd copy (newer runc versions).
+                || process.comm.starts_with("memfd:runc")
+    })
 }
 
 /// Learning settings from the configuration.

@@ -200,9 +200,12 @@ pub fn hash_bytes(bytes: &[u8], len: usize) -> u64 {
 #[inline(always)]
 pub fn is_container_runtime() -> bool {
     let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
-    comm[0] == b'r'
+    let runc = comm[0] == b'r'
         && comm[1] == b'u'
         && comm[2] == b'n'
         && comm[3] == b'c'
-        && (comm[4] == b':' || comm[4] == 0)
+        && (comm[4] == b':' || comm[4] == 0);
+    // runc re-executing itself from a sealed memfd copy (`memfd:runc_cloned...`).
+    let runc_clone = comm.starts_with(b"memfd:runc");
+    runc || runc_clone
 }

@@ -317,16 +317,12 @@ fn sock_address(sk: u64, peer: bool, out: &mut NetAddr) {
         let Some(addr) = read::<u64>(sk, offsets.net_unix_addr) else {
             return;
         };
-        let Some(len) = read::<i32>(addr, offsets.net_unix_address_len) else {
+        // Read unsigned and clamped in one step: a signed length checked for < 0 and spilled to
+        // the stack loses its bound on 6.1's verifier ("R2 min value is negative").
+        let Some(len) = read::<u32>(addr, offsets.net_unix_address_len) else {
             return;
         };
-        let len = if len < 0 {
-            0
-        } else if len as u32 > SOCKADDR_UN_LEN {
-            SOCKADDR_UN_LEN
-        } else {
-            len as u32
-        };
+        let len = len.min(SOCKADDR_UN_LEN);
         // SAFETY: a probe read of at most SOCKADDR_UN_LEN (< NET_ADDR_LEN) bytes into `bytes`.
         let read = unsafe {
             probe_read_kernel_raw(

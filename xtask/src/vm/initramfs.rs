@@ -65,6 +65,8 @@ pub fn build(spec: &Spec, out: &Path) -> Result<u64> {
     }
     archive.dir("/tmp", 0o1777);
     archive.data("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644);
+    // `ctr run --net-host` bind-mounts the host's resolv.conf into the container.
+    archive.data("/etc/resolv.conf", "nameserver 127.0.0.1\n", 0o644);
     archive.data("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644);
     archive.data("/etc/group", "root:x:0:\n", 0o644);
 
