@@ -172,7 +172,7 @@ pub fn exec_allowed(profile: u32, path: &[u8], len: usize) -> Option<bool> {
 /// Whether the network rules of `profile` allow (`direction`, protocol, address, port), trying
 /// the exact address, then the generaliser's prefixes, then "any address".
 #[inline(always)]
-fn net_allowed(
+pub fn net_allowed(
     profile: u32,
     direction: u8,
     protocol: u8,
