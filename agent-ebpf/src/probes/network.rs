@@ -9,6 +9,11 @@
 //!
 //! Only traced cgroups are followed, and identical actions of one cgroup are sent once per
 //! repeat window (`check_repeat`), the suppressed ones counted in the next record.
+//!
+//! For a container judged in the kernel (monitor or enforce), an IP connect or listen its
+//! profile allows is decided here and never sent (`known_good`), before the repeat check: a
+//! known-good action neither takes a slot in the repeat map nor adds to the repeat count of an
+//! action that is sent. Accepts and unix sockets are not judged in the kernel.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
@@ -22,11 +27,15 @@ use aya_ebpf::{
 use custos_ebpf::{
     Counter, EventKind,
     net::{AF_INET, AF_INET6, AF_UNIX, NET_ADDR_LEN, NetAddr, NetRecord, PendingNet},
+    policy::{NET_EGRESS, NET_LISTEN},
 };
 
-use super::common::{
-    ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
-    is_traced,
+use super::{
+    common::{
+        ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes,
+        is_agent, is_traced,
+    },
+    policy::{net_allowed, policy_of},
 };
 
 /// Network calls in flight, by thread id. LRU: calls whose exit is never seen age out.
@@ -44,11 +53,17 @@ const ARG1: usize = 24;
 const ARG2: usize = 32;
 const EXIT_RET: usize = 16;
 
+const EPERM: i64 = 1;
 const EBADF: i64 = 9;
 const EAGAIN: i64 = 11;
 const ENOTSOCK: i64 = 88;
 /// `sizeof(struct sockaddr_un)`: the most a unix address can use.
 const SOCKADDR_UN_LEN: u32 = 110;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -219,8 +234,14 @@ fn emit(
     if family != AF_INET && family != AF_INET6 && family != AF_UNIX {
         return Ok(());
     }
-    let what = repeat_key(kind, record);
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(policy) = policy_of(cgroup_id)
+        && known_good(kind, record, policy.profile)
+    {
+        count(Counter::AllowedInKernel);
+        return Ok(());
+    }
+    let what = repeat_key(kind, record);
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let Repeat::Send { repeats } = check_repeat(cgroup_id, kind, what, now) else {
         return Ok(());
@@ -343,6 +364,55 @@ fn family_of(addr: &NetAddr) -> Option<u16> {
         return None;
     }
     Some(u16::from_ne_bytes([addr.bytes[0], addr.bytes[1]]))
+}
+
+/// Whether `profile` allows this IP connect (egress) or listen, keyed the way
+/// `enforcement::compile` keys `NET_RULES`: protocol as the user-space decoder names it
+/// (`protocol_name`), address bytes in network order with IPv4-mapped IPv6 addresses as IPv4
+/// (`canonical_ip`), port in host order. What the kernel cannot key exactly is not known-good
+/// and goes to user space: accepts, unix and raw sockets, unreadable addresses, IPv6 addresses
+/// with a scope id (user space never matches them against an address rule), and a connect that
+/// failed with EPERM (in enforce mode the cgroup program refused it: the judge reports it as
+/// `blocked`).
+#[inline(always)]
+fn known_good(kind: EventKind, record: &NetRecord, profile: u32) -> bool {
+    let direction = match kind {
+        EventKind::Connect if record.result != -EPERM => NET_EGRESS,
+        EventKind::Listen => NET_LISTEN,
+        _ => return false,
+    };
+    let protocol = match (record.sock_type & 0xf, record.protocol) {
+        (SOCK_RAW, _) => return false,
+        (_, IPPROTO_TCP) | (SOCK_STREAM, 0) => IPPROTO_TCP as u8,
+        (_, IPPROTO_UDP) | (SOCK_DGRAM, 0) => IPPROTO_UDP as u8,
+        _ => return false,
+    };
+    let sockaddr = &record.remote;
+    let bytes = &sockaddr.bytes;
+    let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let mut addr = [0u8; 16];
+    let family = match family_of(sockaddr) {
+        Some(AF_INET) if sockaddr.len >= 8 => {
+            addr[..4].copy_from_slice(&bytes[4..8]);
+            4
+        }
+        Some(AF_INET6) if sockaddr.len >= 24 => {
+            let scoped = sockaddr.len >= 28 && bytes[24..28] != [0u8; 4];
+            if scoped {
+                return false;
+            }
+            let mapped = bytes[8..18] == [0u8; 10] && bytes[18] == 0xff && bytes[19] == 0xff;
+            if mapped {
+                addr[..4].copy_from_slice(&bytes[20..24]);
+                4
+            } else {
+                addr.copy_from_slice(&bytes[8..24]);
+                6
+            }
+        }
+        _ => return false,
+    };
+    net_allowed(profile, direction, protocol, family, addr, port)
 }
 
 /// What makes two calls identical. connect: protocol, family, peer address and port; listen:
