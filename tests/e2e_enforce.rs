@@ -1,6 +1,7 @@
-//! Enforce mode end to end, on the fallback mechanism this host kernel offers (cgroup sock_addr
-//! programs for network calls: EPERM, verdict `blocked`; SIGKILL from the exec and open
-//! tracepoints: verdict `killed`). A workload is learned, its namespace switched to `enforce` by
+//! Enforce mode end to end, with the mechanism the running kernel offers (`GetStatus` says which):
+//! with BPF LSM (`cargo xtask vm-test`, Debian 12's 6.1 kernel) execs and opens fail with EPERM
+//! (verdict `blocked`); without it (this host) they are killed by SIGKILL from the tracepoints
+//! (verdict `killed`). Network calls fail with EPERM from cgroup sock_addr programs on both. A workload is learned, its namespace switched to `enforce` by
 //! editing the configuration (no restart), the same workload then runs with zero deviations,
 //! and an unlearned exec, read of /etc/shadow, write and outbound connect are each stopped and
 //! reported exactly once. Global rules (ssh in a container) fire in every mode but `off`.
@@ -77,6 +78,23 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
     let agent = Agent::start_with(["--config".into(), config.clone().into_os_string()]).await;
     let mut client = agent.client().await;
     let rootfs = guarded_rootfs();
+    let mechanism = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .enforcement;
+    // Under `cargo xtask vm-test` the kernel has BPF LSM active, and the agent must use it.
+    let want_lsm = std::env::var_os("CUSTOS_VM").is_some();
+    let stopped = match mechanism.as_str() {
+        "bpf-lsm+cgroup" => "blocked",
+        "cgroup+sigkill" if !want_lsm => "killed",
+        other => panic!(
+            "enforcement mechanism {other:?} (BPF LSM expected: {want_lsm})\n{}",
+            agent.log()
+        ),
+    };
+    eprintln!("enforcement mechanism: {mechanism}; execs and opens are {stopped}");
 
     // The sleep first gives the agent time to put a new container under kernel policy (it
     // learns of a container from its first event); the connect is refused (nothing listens on
@@ -133,8 +151,8 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
         "the learned workload was flagged: {flagged:#?}"
     );
 
-    // Unlearned actions. A kill hits the process that acted: the exec and the shadow read are
-    // child processes, the write happens in a subshell, so the shell lives on to the end.
+    // Unlearned actions. A kill (without BPF LSM) hits the process that acted: the exec and the
+    // shadow read are child processes, the write happens in a subshell, so the shell lives on.
     let odd_id = container_id();
     let output = run_container_with(
         &odd_id,
@@ -164,19 +182,19 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
     );
 
     let expected = [
-        ("exec", "/bin/ls (parent /bin/sh)", "killed", "guarded-app"),
+        ("exec", "/bin/ls (parent /bin/sh)", stopped, "guarded-app"),
         (
             "file",
             "/etc/shadow read",
-            "killed",
+            stopped,
             "global rule shadowReads",
         ),
-        ("file", "/tmp/new.txt write", "killed", "guarded-app"),
+        ("file", "/tmp/new.txt write", stopped, "guarded-app"),
         ("connect", "tcp 127.0.0.1 port 9", "blocked", "guarded-app"),
         (
             "exec",
             "/usr/sbin/sshd (parent /bin/sh)",
-            "killed",
+            stopped,
             "global rule ssh",
         ),
     ];

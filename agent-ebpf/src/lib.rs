@@ -61,6 +61,9 @@ pub const EXEC_FLAG_ARGV_MISSING: u32 = 1 << 2;
 /// The exec was outside the profile of a container in enforce mode: the process was killed
 /// before the new program ran.
 pub const EXEC_FLAG_KILLED: u32 = 1 << 3;
+/// The exec was outside the profile of a container in enforce mode and BPF LSM made it fail
+/// with EPERM; the process lives on.
+pub const EXEC_FLAG_BLOCKED: u32 = 1 << 4;
 
 /// What every record starts with: who acted, when, and in which cgroup.
 #[repr(C)]
@@ -157,6 +160,8 @@ pub enum Counter {
     NetworkBlocked = 10,
     /// Actions of judged containers found known-good in the kernel and not sent.
     AllowedInKernel = 11,
+    /// Execs and opens made to fail with EPERM by the BPF LSM hooks (enforce).
+    LsmDenied = 12,
 }
 
 /// Number of slots in the `COUNTERS` map (room to grow without changing its size).
@@ -279,6 +284,10 @@ pub struct KernelOffsets {
     /// `unix_address.name`: a `struct sockaddr_un`
     pub net_unix_address_name: u32,
     // --- end of network sensor offsets ---
+    // --- enforcement offsets (BPF LSM hooks): add below, keep the count of u32s even ---
+    pub file_f_mode: u32,
+    pub binprm_filename: u32,
+    // --- end of enforcement offsets ---
 }
 
 /// Settings written into the programs before load.

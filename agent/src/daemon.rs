@@ -18,7 +18,7 @@ use crate::{
     cli::AgentArgs,
     config::{self, Config},
     containers::ContainerRegistry,
-    enforcement::{Enforcer, Mechanism},
+    enforcement::{self, Enforcer, Mechanism},
     judge::Judge,
     learning::Learner,
     metrics::{self, MetricsServer, bpf_maps},
@@ -173,20 +173,28 @@ fn attach_enforcement(sensors: &mut Sensors) -> Option<PolicyMaps> {
     let root = match crate::containers::cgroup::discover_cgroup2_mount() {
         Ok(mount) => mount.mount_point,
         Err(error) => {
+            enforcement::set_mechanism(Mechanism::None);
             error!("{error:#}; enforcement is off: deviations can only be alerted");
             return None;
         }
     };
-    match sensors.enforcement(&root) {
+    match sensors.enforcement(&root, enforcement::bpf_lsm_active()) {
         Ok(maps) => {
+            let (mechanism, how) = if maps.lsm {
+                (Mechanism::LsmAndCgroup, "fail with EPERM")
+            } else {
+                (Mechanism::CgroupAndSignal, "are killed")
+            };
+            enforcement::set_mechanism(mechanism);
             info!(
-                mechanism = Mechanism::CgroupAndSignal.name(),
+                mechanism = mechanism.name(),
                 "enforcement ready: network calls outside a profile fail with EPERM, execs and \
-                 opens outside a profile are killed"
+                 opens outside a profile {how}"
             );
             Some(maps)
         }
         Err(error) => {
+            enforcement::set_mechanism(Mechanism::None);
             error!(
                 "{:#}; enforcement is off: deviations can only be alerted",
                 anyhow::Error::new(error)
@@ -270,6 +278,9 @@ fn status_provider(node: String, sensors: SharedSensors) -> StatusProvider {
             node: node.clone(),
             ring_buffers,
             repeats_suppressed: counters.map_or(0, |c| c.repeats_suppressed),
+            enforcement: enforcement::mechanism()
+                .map(|m| m.name().to_owned())
+                .unwrap_or_default(),
             ..Default::default()
         }
     })

@@ -207,10 +207,19 @@ fn kernel_verdict(event: &proto::Event, mode: Mode) -> Option<&'static str> {
     use proto::event::Body;
     const EPERM: i32 = 1;
     match event.body.as_ref()? {
-        Body::Exec(exec) if exec.verdict == "killed" => Some("killed"),
-        Body::Open(open) if open.verdict == "killed" => Some("killed"),
+        Body::Exec(exec) => stopped(&exec.verdict),
+        Body::Open(open) => stopped(&open.verdict),
         // The cgroup programs make a denied call fail with EPERM, and judge only enforce mode.
         Body::Network(net) if mode == Mode::Enforce && net.result == -EPERM => Some("blocked"),
+        _ => None,
+    }
+}
+
+/// A verdict that says the kernel stopped the action (`alerted` is not one).
+fn stopped(verdict: &str) -> Option<&'static str> {
+    match verdict {
+        "killed" => Some("killed"),
+        "blocked" => Some("blocked"),
         _ => None,
     }
 }

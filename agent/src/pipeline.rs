@@ -154,10 +154,10 @@ fn exec_body(exec: ExecRecord) -> proto::ExecEvent {
         // Arguments the kernel could not see (exec started before the agent) count as cut.
         argv_truncated: exec.argv_truncated || exec.argv_missing,
         path_truncated: exec.path_truncated,
-        verdict: if exec.killed {
-            "killed".into()
-        } else {
-            String::new()
+        verdict: match (exec.killed, exec.blocked) {
+            (true, _) => "killed".into(),
+            (_, true) => "blocked".into(),
+            _ => String::new(),
         },
     }
 }

@@ -37,13 +37,16 @@ use custos_ebpf::{
         FILE_OPEN_PATH_OFFSET, FILE_PATH_LEN, FILE_PATH_LIMIT, FILE_REQUESTED_LEN, FileOpenRecord,
         OpenSyscall, PendingOpen,
     },
-    policy::{CgroupPolicy, MODE_ENFORCE, VERDICT_ALERTED, VERDICT_KILLED, VERDICT_NONE},
+    policy::{
+        CgroupPolicy, MODE_ENFORCE, VERDICT_ALERTED, VERDICT_BLOCKED, VERDICT_KILLED, VERDICT_NONE,
+    },
 };
 
 use super::common::{
     ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
     is_traced, remember_verdict,
 };
+use super::lsm::{lsm_active, took_blocked_open};
 use super::policy::{kill_current, open_access, path_allowed, policy_of};
 
 const AT_FDCWD: i32 = -100;
@@ -55,7 +58,8 @@ const O_TRUNC: u32 = 0o1000;
 /// Opens in flight, by thread id. LRU: an entry whose exit was never seen (agent attached
 /// between entry and exit) ages out. 8192 threads inside an open at the same time is plenty.
 #[map]
-static PENDING_OPENS: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_entries(8192, 0);
+pub(super) static PENDING_OPENS: LruHashMap<u32, PendingOpen> =
+    LruHashMap::with_max_entries(8192, 0);
 
 /// One record per CPU to build in: ~4.7 KiB, far beyond the 512-byte stack.
 #[map]
@@ -178,7 +182,7 @@ pub fn sys_exit_open_any(ctx: TracePointContext) -> u32 {
 /// `read_task_field`, offset 0 is valid here (`vfsmount.mnt_root` and `fdtable.max_fds` are
 /// first fields); a null base is refused.
 #[inline(always)]
-fn read_at<T>(base: u64, offset: u32) -> Option<T> {
+pub(super) fn read_at<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 {
         return None;
     }
@@ -203,13 +207,13 @@ fn fd_file(task: u64, fd: i64) -> Option<u64> {
 
 /// A (mount, dentry) pair: where a walk starts or must stop.
 #[derive(Clone, Copy)]
-struct PathRef {
+pub(super) struct PathRef {
     mnt: u64,
     dentry: u64,
 }
 
 #[inline(always)]
-fn fs_path(task: u64, mnt_offset: u32, dentry_offset: u32) -> Option<PathRef> {
+pub(super) fn fs_path(task: u64, mnt_offset: u32, dentry_offset: u32) -> Option<PathRef> {
     let fs: u64 = read_at(task, config().offsets.task_fs)?;
     Some(PathRef {
         mnt: read_at(fs, mnt_offset)?,
@@ -218,7 +222,7 @@ fn fs_path(task: u64, mnt_offset: u32, dentry_offset: u32) -> Option<PathRef> {
 }
 
 #[inline(always)]
-fn file_path(file: u64) -> Option<PathRef> {
+pub(super) fn file_path(file: u64) -> Option<PathRef> {
     let offsets = &config().offsets;
     Some(PathRef {
         mnt: read_at(file, offsets.file_mnt)?,
@@ -236,7 +240,7 @@ fn file_path(file: u64) -> Option<PathRef> {
 /// pointers (unknown scalars), and it prunes them; with the count in a register it explored
 /// every mix of "crossed a mount" / "wrote a name" steps and did not finish.
 #[inline(always)]
-fn walk_path(record: &mut FileOpenRecord, from: PathRef, root: PathRef) {
+pub(super) fn walk_path(record: &mut FileOpenRecord, from: PathRef, root: PathRef) {
     let offsets = &config().offsets;
     let mut dentry = from.dentry;
     let mut mnt = from.mnt;
@@ -337,10 +341,12 @@ fn judge_open(record: &FileOpenRecord, policy: &CgroupPolicy, open_flags: u32) -
     )?;
     Some(if allowed {
         VERDICT_NONE
-    } else if policy.mode == MODE_ENFORCE {
+    } else if policy.mode == MODE_ENFORCE && !lsm_active() {
         kill_current();
         VERDICT_KILLED
     } else {
+        // Monitor; or enforce with BPF LSM, whose hook denied nothing here (an open it denies
+        // never succeeds), e.g. a rule that changed in between: flagged.
         VERDICT_ALERTED
     })
 }
@@ -409,11 +415,15 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let what = hash_bytes(&record.requested, len)
             ^ (u64::from(pending.open_flags) << 32 | (ret as u64 & 0xffff_ffff))
             ^ base.map_or(0, |base| base.dentry.rotate_left(17));
+        let blocked = took_blocked_open(tid);
         let Repeat::Send { repeats } = check_repeat(cgroup_id, EventKind::FileOpen, what, now)
         else {
             return Ok(());
         };
         record.repeats = repeats;
+        if blocked {
+            record.verdict = VERDICT_BLOCKED;
+        }
         if base.is_some() {
             record.flags |= FILE_FLAG_PATH_IS_BASE;
         }

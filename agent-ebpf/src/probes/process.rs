@@ -20,6 +20,7 @@ use custos_ebpf::{
 };
 
 use super::common::{EVENTS, config, count, current_ids, fill_header, is_agent, read_task_field};
+use super::lsm::lsm_active;
 use super::policy::{exec_allowed, kill_current, policy_of};
 
 const AT_FDCWD: i32 = -100;
@@ -27,7 +28,7 @@ const AT_FDCWD: i32 = -100;
 /// Arguments of execs in flight, by thread id. LRU so that execs that fail (and never reach
 /// `sched_process_exec`) age out instead of filling the map.
 #[map]
-static PENDING_EXECS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(4096, 0);
+pub(super) static PENDING_EXECS: LruHashMap<u32, ExecArgs> = LruHashMap::with_max_entries(4096, 0);
 
 /// One `ExecArgs` per CPU to build an entry in: it is far larger than the 512-byte stack.
 #[map]
@@ -116,13 +117,15 @@ fn exec_denied_in_enforce(args: &ExecArgs) -> bool {
     let Some(policy) = policy_of(unsafe { bpf_get_current_cgroup_id() }) else {
         return false;
     };
+    // With BPF LSM the bprm_check_security hook makes the exec fail instead.
     policy.mode == MODE_ENFORCE
+        && !lsm_active()
         && exec_allowed(policy.profile, &args.path, args.path_len as usize) == Some(false)
 }
 
 /// Sends an exec record built from `args` (a map value) on the process ring buffer.
 #[inline(always)]
-fn send_exec(tid: u32, pid: u32, args: &ExecArgs) {
+pub(super) fn send_exec(tid: u32, pid: u32, args: &ExecArgs) {
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         count(Counter::EventsDropped);
         return;

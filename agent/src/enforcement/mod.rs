@@ -3,12 +3,13 @@
 //! it, and in enforce mode what the profile does not allow is stopped before it takes effect.
 //!
 //! Mechanisms, chosen at start-up and reported in the log and by `GetStatus`:
+//! - `bpf-lsm+cgroup` (BPF LSM active: `lsm=...,bpf`): the `file_open` and
+//!   `bprm_check_security` hooks make an unlisted open or exec fail with EPERM and the process
+//!   lives on (verdict `blocked`); network as below.
 //! - `cgroup+sigkill` (every kernel with cgroup v2): cgroup `connect4/6`, `sendmsg4/6` and
 //!   `bind4/6` programs make unlisted network calls fail with EPERM (verdict `blocked`); the
 //!   exec and open tracepoints send SIGKILL to a process that runs an unlisted program or
 //!   opens an unlisted file (verdict `killed`).
-//! - BPF LSM hooks would make exec and open fail with EPERM instead; they are not implemented
-//!   yet, so a kernel with BPF LSM active gets the same mechanism (and the log says so).
 //!
 //! User space keeps the maps in step with the modes, the profiles and the containers every
 //! [`SYNC_INTERVAL`]; the kernel never waits for it.
@@ -51,6 +52,8 @@ pub fn verdict_name(verdict: u32) -> &'static str {
 /// How this node stops deviations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
+    /// BPF LSM hooks for exec and open (EPERM), cgroup sock_addr programs for network (EPERM).
+    LsmAndCgroup,
     /// cgroup sock_addr programs (EPERM) and SIGKILL from tracepoints.
     CgroupAndSignal,
     /// No enforcement programs could be attached: deviations are only alerted.
@@ -60,10 +63,24 @@ pub enum Mechanism {
 impl Mechanism {
     pub fn name(self) -> &'static str {
         match self {
+            Mechanism::LsmAndCgroup => "bpf-lsm+cgroup",
             Mechanism::CgroupAndSignal => "cgroup+sigkill",
             Mechanism::None => "none",
         }
     }
+}
+
+/// The mechanism chosen at start-up (`GetStatus` reports it); `None` until then.
+static MECHANISM: std::sync::OnceLock<Mechanism> = std::sync::OnceLock::new();
+
+/// Records the mechanism chosen at start-up; only the first call counts.
+pub fn set_mechanism(mechanism: Mechanism) {
+    let _ = MECHANISM.set(mechanism);
+}
+
+/// The mechanism in use, `None` before the sensors are loaded.
+pub fn mechanism() -> Option<Mechanism> {
+    MECHANISM.get().copied()
 }
 
 /// Whether the running kernel has BPF LSM active (`bpf` in the LSM list).
@@ -99,12 +116,6 @@ impl Enforcer {
         containers: Arc<ContainerRegistry>,
         config: watch::Receiver<Config>,
     ) -> Arc<Self> {
-        if bpf_lsm_active() {
-            info!(
-                "BPF LSM is active on this kernel, but Custos does not use it yet: execs and \
-                 opens outside a profile are stopped with SIGKILL, network calls with EPERM"
-            );
-        }
         Arc::new(Self {
             maps: Mutex::new(maps),
             state: Mutex::new(State {

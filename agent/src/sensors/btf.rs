@@ -757,6 +757,10 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         // A flexible array of `struct sockaddr_un`: only its start matters.
         net_unix_address_name: btf.field_offset("unix_address", &["name"])?,
         // --- end of network sensor offsets ---
+        // --- enforcement offsets ---
+        file_f_mode: btf.expect_field("file", &["f_mode"], FieldKind::Int32)?,
+        binprm_filename: btf.expect_field("linux_binprm", &["filename"], FieldKind::Pointer)?,
+        // --- end of enforcement offsets ---
     })
 }
 

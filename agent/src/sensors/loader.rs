@@ -4,7 +4,7 @@ use std::{io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
 };
 use custos_ebpf::{
     Counter, ProbeConfig,
@@ -192,6 +192,7 @@ pub struct KernelCounters {
     pub processes_killed: u64,
     pub network_blocked: u64,
     pub allowed_in_kernel: u64,
+    pub lsm_denied: u64,
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
@@ -327,6 +328,7 @@ impl Sensors {
             processes_killed: sum(Counter::ProcessesKilled)?,
             network_blocked: sum(Counter::NetworkBlocked)?,
             allowed_in_kernel: sum(Counter::AllowedInKernel)?,
+            lsm_denied: sum(Counter::LsmDenied)?,
         })
     }
 
@@ -339,7 +341,15 @@ impl Sensors {
     /// `bind4/6`) to the cgroup2 hierarchy at `cgroup_root`, and hands over the policy maps
     /// that the enforcement module fills. The programs let everything through until a cgroup
     /// is put in enforce mode in `POLICY_CGROUPS`.
-    pub fn enforcement(&mut self, cgroup_root: &Path) -> Result<PolicyMaps, SensorError> {
+    ///
+    /// With `want_lsm` (the kernel has BPF LSM active) the `file_open` and
+    /// `bprm_check_security` hooks are attached too, so that execs and opens fail with EPERM
+    /// instead of being killed; if the kernel refuses them, the SIGKILL path stays.
+    pub fn enforcement(
+        &mut self,
+        cgroup_root: &Path,
+        want_lsm: bool,
+    ) -> Result<PolicyMaps, SensorError> {
         let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Attach {
             name: "enforce_connect4",
             hook: format!("cgroup {}", cgroup_root.display()),
@@ -366,6 +376,20 @@ impl Sensors {
                 })?;
         }
         info!(cgroup = %cgroup_root.display(), "network enforcement programs attached");
+        let lsm = if want_lsm {
+            match self.attach_lsm() {
+                Ok(()) => true,
+                Err(error) => {
+                    warn!(
+                        "{:#}; execs and opens outside a profile are killed instead",
+                        anyhow::Error::new(error)
+                    );
+                    false
+                }
+            }
+        } else {
+            false
+        };
         let mut take =
             |name: &'static str| self.ebpf.take_map(name).ok_or(SensorError::Missing(name));
         let map_error = |name: &'static str| {
@@ -375,6 +399,7 @@ impl Sensors {
             }
         };
         Ok(PolicyMaps {
+            lsm,
             cgroups: aya::maps::HashMap::try_from(take("POLICY_CGROUPS")?)
                 .map_err(map_error("POLICY_CGROUPS"))?,
             paths: aya::maps::HashMap::try_from(take("PATH_RULES")?)
@@ -386,6 +411,52 @@ impl Sensors {
             generation: aya::maps::Array::try_from(take("POLICY_GENERATION")?)
                 .map_err(map_error("POLICY_GENERATION"))?,
         })
+    }
+}
+
+/// BPF LSM programs and their hooks.
+const LSM_PROGRAMS: &[(&str, &str)] = &[
+    ("custos_file_open", "file_open"),
+    ("custos_bprm_check", "bprm_check_security"),
+];
+
+impl Sensors {
+    /// Attaches the BPF LSM hooks and tells the tracepoints (`LSM_ACTIVE`) to leave exec and
+    /// open blocking to them.
+    fn attach_lsm(&mut self) -> Result<(), SensorError> {
+        let btf = aya::Btf::from_sys_fs()
+            .map_err(|error| SensorError::Load(Box::new(aya::EbpfError::BtfError(error))))?;
+        for &(name, hook) in LSM_PROGRAMS {
+            let program_error = |source| SensorError::Program {
+                name,
+                source: Box::new(source),
+            };
+            let program: &mut Lsm = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(SensorError::Missing(name))?
+                .try_into()
+                .map_err(program_error)?;
+            program.load(hook, &btf).map_err(program_error)?;
+            program.attach().map_err(|source| SensorError::Attach {
+                name,
+                hook: format!("lsm/{hook}"),
+                source: Box::new(source),
+            })?;
+        }
+        let map_error = |source| SensorError::Map {
+            name: "LSM_ACTIVE",
+            source: Box::new(source),
+        };
+        let mut active: aya::maps::Array<&mut MapData, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut("LSM_ACTIVE")
+                .ok_or(SensorError::Missing("LSM_ACTIVE"))?,
+        )
+        .map_err(map_error)?;
+        active.set(0, 1, 0).map_err(map_error)?;
+        info!("BPF LSM hooks attached: file_open, bprm_check_security");
+        Ok(())
     }
 }
 
@@ -401,6 +472,8 @@ const ENFORCEMENT_PROGRAMS: &[&str] = &[
 
 /// The maps profiles are compiled into (see `custos_ebpf::policy`).
 pub struct PolicyMaps {
+    /// The BPF LSM hooks are attached: execs and opens are denied with EPERM, not killed.
+    pub lsm: bool,
     pub cgroups: aya::maps::HashMap<MapData, u64, CgroupPolicy>,
     pub paths: aya::maps::HashMap<MapData, PathRuleKey, PathRule>,
     pub execs: aya::maps::HashMap<MapData, ExecRuleKey, u32>,

@@ -33,6 +33,8 @@ pub struct ExecRecord {
     pub dirfd: i32,
     /// The kernel killed the process for this exec (enforce mode); it never ran.
     pub killed: bool,
+    /// BPF LSM made this exec fail with EPERM (enforce mode); the process lives on.
+    pub blocked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +175,7 @@ fn decode_exec(raw: &shared::ExecRecord) -> ExecRecord {
         argv_missing: args.flags & shared::EXEC_FLAG_ARGV_MISSING != 0,
         dirfd: args.dirfd,
         killed: args.flags & shared::EXEC_FLAG_KILLED != 0,
+        blocked: args.flags & shared::EXEC_FLAG_BLOCKED != 0,
     }
 }
 
