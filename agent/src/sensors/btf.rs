@@ -1493,6 +1493,8 @@ mod tests {
             ("file", &["f_path", "dentry"]),
             ("path", &["dentry"]),
             ("linux_binprm", &["file"]),
+            ("linux_binprm", &["filename"]),
+            ("file", &["f_mode"]),
         ];
         for (struct_name, path) in checks {
             let ids = &struct_ids[struct_name];
