@@ -563,6 +563,17 @@ fn an_exported_profile_validates_against_the_crd_schema() {
     assert!(errors.is_empty(), "{exported}\n{errors:#?}");
 }
 
+#[test]
+fn a_profile_that_opted_in_to_syscall_kills_validates_against_the_crd_schema() {
+    let mut profile = learned_profile();
+    profile.syscall_policy = custos::profiles::model::SyscallPolicy::Kill;
+    let exported = yaml::export(&[profile]);
+    let doc = &documents(&exported)[0];
+    assert_eq!(doc["spec"]["syscallPolicy"], json!("kill"), "{exported}");
+    let errors = schema_errors(&validator(), doc);
+    assert!(errors.is_empty(), "{exported}\n{errors:#?}");
+}
+
 fn prod_profile_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(deploy("overlays/prod/profiles"))
         .unwrap()
@@ -656,6 +667,9 @@ fn broken_profiles_are_rejected_by_schema_and_importer() {
         }),
         ("uppercase syscall", |d| {
             d["spec"]["syscalls"][0] = json!("Openat")
+        }),
+        ("unknown syscall policy", |d| {
+            d["spec"]["syscallPolicy"] = json!("block")
         }),
     ];
     for (what, breakage) in breakages {

@@ -14,6 +14,14 @@ pub const SYSCALL_WORDS: usize = SYSCALL_MAX as usize / 64;
 pub const SYSCALL_SETS_MAX: u32 = 16384;
 /// Name of the per-cgroup bitmap map, for user space.
 pub const SYSCALL_SETS_MAP: &str = "SYSCALL_SETS";
+/// Name of the map of syscalls allowed per profile (key: profile number, value:
+/// [`SyscallBits`]), for profiles that opted in to killing on a syscall outside their set.
+pub const SYSCALL_RULES_MAP: &str = "SYSCALL_RULES";
+/// Entries in the `SYSCALL_RULES` map: opted-in profiles in force at once.
+pub const SYSCALL_RULES_MAX: u32 = 4096;
+/// Name of the one-slot array holding how many `SYSCALL_RULES` entries there are: while it is
+/// 0, the per-syscall check costs one array read.
+pub const SYSCALL_RULES_IN_USE_MAP: &str = "SYSCALL_RULES_IN_USE";
 
 /// Value of the `SYSCALL_SETS` map (key: cgroup id): bit `n % 64` of word `n / 64` is set once
 /// a task of the cgroup entered syscall `n`.
@@ -50,14 +58,18 @@ impl SyscallBits {
     }
 }
 
-/// A cgroup entered a syscall it had never entered before (`EventKind::SyscallFirstUse`).
+/// A cgroup entered a syscall it had never entered before (`EventKind::SyscallFirstUse`), or
+/// a process was killed for entering one outside its profile (sent on every kill, first use
+/// or not).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallRecord {
     pub header: RecordHeader,
     /// The syscall number (x86_64 numbering on x86_64).
     pub number: u32,
-    pub _pad: u32,
+    /// `policy::VERDICT_KILLED` when the process was sent SIGKILL for this syscall (enforce
+    /// mode, profile opted in); `policy::VERDICT_NONE` otherwise.
+    pub verdict: u32,
 }
 
 #[cfg(feature = "user")]

@@ -59,6 +59,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     })
     .context("starting the kernel sensors")?;
     let syscall_map = syscalls::open_kernel_map_or_warn(loaded.ebpf());
+    let syscall_rules = syscalls::open_rule_maps_or_warn(loaded.ebpf());
     let policy_maps = attach_enforcement(&mut loaded);
     *sensors
         .lock()
@@ -81,6 +82,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let enforcer = policy_maps.map(|maps| {
         Enforcer::new(
             maps,
+            syscall_rules,
             Arc::clone(&learner),
             Arc::clone(&containers),
             config_updates.clone(),

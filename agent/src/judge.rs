@@ -211,6 +211,7 @@ fn kernel_verdict(event: &proto::Event, mode: Mode) -> Option<&'static str> {
         Body::Open(open) => stopped(&open.verdict),
         // The cgroup programs make a denied call fail with EPERM, and judge only enforce mode.
         Body::Network(net) if mode == Mode::Enforce && net.result == -EPERM => Some("blocked"),
+        Body::Syscall(syscall) if syscall.verdict == "killed" => Some("killed"),
         _ => None,
     }
 }

@@ -72,9 +72,7 @@ impl Enricher {
     /// for its cgroup (the kernel may send one twice when CPUs race).
     pub fn is_duplicate(&self, record: &KernelRecord) -> bool {
         match (record, &self.syscalls) {
-            (KernelRecord::SyscallFirstUse(syscall), Some(sets)) => {
-                !sets.first_use(syscall.header.cgroup_id, syscall.number)
-            }
+            (KernelRecord::SyscallFirstUse(syscall), Some(sets)) => sets.is_duplicate(syscall),
             _ => false,
         }
     }
@@ -119,7 +117,7 @@ impl Enricher {
                 proto::event::Body::Network(crate::sensors::network::network_event(&network))
             }
             KernelRecord::SyscallFirstUse(syscall) => {
-                proto::event::Body::Syscall(crate::sensors::syscalls::syscall_event(syscall.number))
+                proto::event::Body::Syscall(crate::sensors::syscalls::record_event(&syscall))
             } // --- end of activity bodies ---
         };
         self.processes.annotate(&mut process);

@@ -285,3 +285,39 @@ pub fn enforce_bind4(ctx: SockAddrContext) -> i32 {
 pub fn enforce_bind6(ctx: SockAddrContext) -> i32 {
     judge_sock_addr(&ctx, NET_LISTEN, 6)
 }
+
+/// Syscalls allowed, per profile number, for the profiles that opted in to killing a process
+/// that enters a syscall outside their set (`syscallPolicy: kill`); other profiles have no
+/// entry and their syscall deviations are only flagged.
+#[map]
+static SYSCALL_RULES: HashMap<u32, custos_ebpf::syscall::SyscallBits> =
+    HashMap::with_max_entries(custos_ebpf::syscall::SYSCALL_RULES_MAX, 0);
+
+/// Slot 0: how many entries `SYSCALL_RULES` has. While none, the check on every syscall is one
+/// array read.
+#[map]
+static SYSCALL_RULES_IN_USE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the current task of `cgroup_id` is to be killed for entering the syscall at
+/// (`word`, `bit`) of a [`SyscallBits`]: its container is in enforce mode under a profile that
+/// opted in, whose set lacks it. The agent and the container runtime are never judged.
+#[inline(always)]
+pub fn syscall_denied(cgroup_id: u64, word: usize, bit: u64) -> bool {
+    if SYSCALL_RULES_IN_USE.get(0).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    // SAFETY: plain-data values read in place.
+    let Some(policy) = (unsafe { POLICY_CGROUPS.get(&cgroup_id) }) else {
+        return false;
+    };
+    if policy.mode != MODE_ENFORCE {
+        return false;
+    }
+    let Some(allowed) = (unsafe { SYSCALL_RULES.get(&policy.profile) }) else {
+        return false;
+    };
+    if allowed.words[word & (custos_ebpf::syscall::SYSCALL_WORDS - 1)] & bit != 0 {
+        return false;
+    }
+    !is_agent(current_ids().1) && !is_container_runtime()
+}

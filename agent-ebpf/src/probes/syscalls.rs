@@ -4,6 +4,13 @@
 //! `raw_syscalls:sys_enter` fires for every syscall on the machine, so the path taken by all
 //! but first uses is kept to: cgroup id, traced?, map lookup, bit test, return.
 //!
+//! Blocking is opt-in per profile (`syscallPolicy: kill`): for a container in enforce mode
+//! whose profile opted in, a syscall outside the profile's set (`SYSCALL_RULES`, checked on
+//! every use, not only the first) gets the process SIGKILL and is reported with verdict
+//! `killed`, every time. The syscall itself still runs (the signal is acted on when it
+//! returns): the exported seccomp profile, which makes it fail instead, is the recommended way
+//! to deny syscalls. While no profile opted in, the check is one array read.
+//!
 //! Setting a bit is not atomic. `core`'s atomics offer no `fetch_or` on `bpfel-unknown-none`
 //! (`atomic-cas: false`), and `core::intrinsics::atomic_or` compiles (with `--cpu generic`, and
 //! even with `-C target-cpu=v3`) to a non-fetching `lock *(u64 *)(r + 0) |= r`, so its result
@@ -19,11 +26,15 @@ use aya_ebpf::{
 };
 use custos_ebpf::{
     Counter, EventKind,
+    policy::{VERDICT_KILLED, VERDICT_NONE},
     syscall::{SYSCALL_MAX, SYSCALL_SETS_MAX, SYSCALL_WORDS, SyscallBits, SyscallRecord},
 };
 
-use super::common::{
-    ACTIVITY, count, current_ids, fill_header, is_agent, is_container_runtime, is_traced,
+use super::{
+    common::{
+        ACTIVITY, count, current_ids, fill_header, is_agent, is_container_runtime, is_traced,
+    },
+    policy::{kill_current, syscall_denied},
 };
 
 /// Syscalls used, per cgroup id. A plain (not LRU) hash: a set must never be silently
@@ -59,19 +70,27 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     // in bounds, or a bounds-check panic call is left in the program.
     let word = ((number / 64) as usize) & (SYSCALL_WORDS - 1);
     let bit = 1u64 << (number % 64);
+    // Every use, not only the first: a syscall first used before the container was put in
+    // enforce mode must be stopped as well. One array read while no profile opted in.
+    let killed = syscall_denied(cgroup_id, word, bit);
+    if killed {
+        kill_current();
+    }
     let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
         Some(set) => set,
         None => first_set(cgroup_id)?,
     };
     // SAFETY: a live value of this map; `word` < SYSCALL_WORDS by the mask above.
     let slot = unsafe { &mut (*set).words[word] };
-    if *slot & bit != 0 {
+    let known = *slot & bit != 0;
+    if known && !killed {
         return Ok(());
     }
     // Rare from here on: a syscall this cgroup has not used before (or the agent itself, when
-    // host processes are traced: its bits are never set, it is never reported).
+    // host processes are traced: its bits are never set, it is never reported), or a kill,
+    // which is reported every time.
     let (tid, pid) = current_ids();
-    if is_agent(pid) || is_container_runtime() {
+    if !killed && (is_agent(pid) || is_container_runtime()) {
         return Ok(());
     }
     // A plain read-modify-write, not an atomic one: the BPF target has no fetch-or that
@@ -81,8 +100,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     // set keeps it meanwhile).
     *slot |= bit;
     let Some(mut entry) = ACTIVITY.reserve::<SyscallRecord>(0) else {
-        // Ring buffer full: forget the bit so that the next use is reported instead.
-        *slot &= !bit;
+        // Ring buffer full: forget a new bit so that the next use is reported instead.
+        if !known {
+            *slot &= !bit;
+        }
         count(Counter::ActivityDropped);
         return Ok(());
     };
@@ -90,7 +111,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let record = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut record.header, EventKind::SyscallFirstUse, tid, pid);
     record.number = number;
-    record._pad = 0;
+    record.verdict = if killed { VERDICT_KILLED } else { VERDICT_NONE };
     entry.submit(0);
     count(Counter::ActivitySent);
     Ok(())

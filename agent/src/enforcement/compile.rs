@@ -10,6 +10,12 @@
 //!   address on its port;
 //! - a wildcard executable makes the kernel leave that profile's execs to user space.
 //!
+//! A profile that opted in to syscall kills (`syscallPolicy: kill`) also gets its syscall set
+//! as a bitmap, with what is always allowed on top: the signal-return syscalls, the readiness
+//! waits a `socket` implies, and the hand-over and exit calls the seccomp export allows too.
+//! Names with no number on this architecture are left out (a syscall the kernel cannot number
+//! is never made).
+//!
 //! Known-good actions never leave the kernel, so what only a widened rule allows (`/tmp/evil`
 //! next to a learned `/tmp/out.*`) is neither flagged nor blocked. That is the price of deciding
 //! in the kernel without waiting; literal entries, the common case, are judged exactly.
@@ -18,16 +24,25 @@ use std::{
     net::IpAddr,
 };
 
-use custos_ebpf::policy::{
-    ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, EXEC_ALLOW, EXEC_DENY, EXEC_KEY_NAME, EXEC_KEY_PATH,
-    EXEC_KEY_UNDECIDED, NET_EGRESS, NET_LISTEN, NET_PREFIXES_V4, NET_PREFIXES_V6, PathRule,
-    forward_hash, suffix_hash,
+use custos_ebpf::{
+    policy::{
+        ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, EXEC_ALLOW, EXEC_DENY, EXEC_KEY_NAME,
+        EXEC_KEY_PATH, EXEC_KEY_UNDECIDED, NET_EGRESS, NET_LISTEN, NET_PREFIXES_V4,
+        NET_PREFIXES_V6, PathRule, forward_hash, suffix_hash,
+    },
+    syscall::SyscallBits,
 };
 
 use super::global_rules::GlobalRulesConfig;
-use crate::profiles::{
-    FileAccess, Profile, Protocol,
-    pattern::{PathPattern, Peer},
+use crate::{
+    profiles::{
+        FileAccess, Profile, Protocol,
+        generalize::implied_syscalls,
+        model::{SIGNAL_RETURN_SYSCALLS, SyscallPolicy},
+        pattern::{PathPattern, Peer},
+        seccomp::BASELINE_SYSCALLS,
+    },
+    sensors::syscalls::syscall_number,
 };
 
 /// A network rule without its profile number (see `NetRuleKey`).
@@ -49,6 +64,8 @@ pub struct CompiledProfile {
     /// (kind, hash) → EXEC_ALLOW / EXEC_DENY.
     pub execs: BTreeMap<(u32, u64), u32>,
     pub nets: BTreeSet<NetEntry>,
+    /// Syscalls allowed, for a profile that opted in to syscall kills; `None`: flag only.
+    pub syscalls: Option<SyscallBits>,
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -61,6 +78,9 @@ pub fn compile(profile: Option<&Profile>, global: &GlobalRulesConfig) -> Compile
         compile_execs(profile, &mut compiled);
         compile_files(profile, &mut compiled);
         compile_network(profile, &mut compiled);
+        if profile.syscall_policy == SyscallPolicy::Kill {
+            compiled.syscalls = Some(syscall_bits(profile));
+        }
     }
     for name in global.denied_programs() {
         compiled
@@ -93,6 +113,28 @@ fn compile_execs(profile: &Profile, compiled: &mut CompiledProfile) {
             compiled.execs.insert((EXEC_KEY_UNDECIDED, 0), EXEC_ALLOW);
         }
     }
+}
+
+/// The syscalls a profile that opted in to kills may make (see the module documentation).
+fn syscall_bits(profile: &Profile) -> SyscallBits {
+    let learned = profile.syscalls.iter().map(String::as_str);
+    let implied = profile
+        .syscalls
+        .iter()
+        .flat_map(|name| implied_syscalls(name).iter().copied());
+    let always = SIGNAL_RETURN_SYSCALLS
+        .iter()
+        .chain(BASELINE_SYSCALLS)
+        .copied();
+    let mut bits = SyscallBits::default();
+    for number in learned
+        .chain(implied)
+        .chain(always)
+        .filter_map(syscall_number)
+    {
+        bits.insert(number);
+    }
+    bits
 }
 
 fn access_bits(accesses: &BTreeSet<FileAccess>) -> u32 {
@@ -360,6 +402,40 @@ mod tests {
                 .iter()
                 .any(|n| n.direction == NET_LISTEN && n.port == 80)
         );
+    }
+
+    #[test]
+    fn syscalls_compile_only_for_a_profile_that_opted_in_to_kills() {
+        let mut p = profile(&[Observation::Syscall {
+            name: "socket".into(),
+        }]);
+        p.syscalls.insert("syscall_400".into());
+        p.syscalls.insert("not_a_syscall".into());
+        assert_eq!(
+            compile(Some(&p), &GlobalRulesConfig::default()).syscalls,
+            None
+        );
+        p.syscall_policy = SyscallPolicy::Kill;
+        let bits = compile(Some(&p), &GlobalRulesConfig::default())
+            .syscalls
+            .expect("a kill profile has a syscall set");
+        let number = |name| syscall_number(name).unwrap();
+        // Learned, implied by socket, signal returns, hand-over and exit; nothing else.
+        for name in [
+            "socket",
+            "poll",
+            "epoll_wait",
+            "rt_sigreturn",
+            "restart_syscall",
+            "execve",
+            "exit_group",
+            "syscall_400",
+        ] {
+            assert!(bits.contains(number(name)), "{name} not allowed");
+        }
+        for name in ["read", "openat", "ptrace", "mount"] {
+            assert!(!bits.contains(number(name)), "{name} allowed");
+        }
     }
 
     #[test]

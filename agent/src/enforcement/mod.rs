@@ -11,6 +11,9 @@
 //!   exec and open tracepoints send SIGKILL to a process that runs an unlisted program or
 //!   opens an unlisted file (verdict `killed`).
 //!
+//! Syscalls outside a profile are flagged; a profile may opt in to SIGKILL for them in enforce
+//! mode (`syscallPolicy: kill`, the `sys_enter` program; verdict `killed`).
+//!
 //! User space keeps the maps in step with the modes, the profiles and the containers every
 //! [`SYNC_INTERVAL`]; the kernel never waits for it.
 pub mod compile;
@@ -31,8 +34,12 @@ use tracing::{info, warn};
 
 use self::compile::{CompiledProfile, compile};
 use crate::{
-    config::Config, containers::ContainerRegistry, learning::Learner, modes::Mode,
-    profiles::WorkloadIdentity, sensors::PolicyMaps,
+    config::Config,
+    containers::ContainerRegistry,
+    learning::Learner,
+    modes::Mode,
+    profiles::WorkloadIdentity,
+    sensors::{PolicyMaps, syscalls::SyscallRuleMaps},
 };
 
 /// How often the kernel's policy is brought in step with modes, profiles and containers. Well
@@ -103,6 +110,8 @@ struct State {
 
 pub struct Enforcer {
     maps: Mutex<PolicyMaps>,
+    /// `None`: the maps could not be opened, syscall deviations are only flagged.
+    syscall_rules: Mutex<Option<SyscallRuleMaps>>,
     state: Mutex<State>,
     learner: Arc<Learner>,
     containers: Arc<ContainerRegistry>,
@@ -112,12 +121,14 @@ pub struct Enforcer {
 impl Enforcer {
     pub fn new(
         maps: PolicyMaps,
+        syscall_rules: Option<SyscallRuleMaps>,
         learner: Arc<Learner>,
         containers: Arc<ContainerRegistry>,
         config: watch::Receiver<Config>,
     ) -> Arc<Self> {
         Arc::new(Self {
             maps: Mutex::new(maps),
+            syscall_rules: Mutex::new(syscall_rules),
             state: Mutex::new(State {
                 next_number: 1,
                 ..State::default()
@@ -198,6 +209,7 @@ impl Enforcer {
     ) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut syscall_rules = self.syscall_rules.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;
         for (number, compiled) in &wanted_profiles {
             let empty = CompiledProfile::default();
@@ -205,7 +217,10 @@ impl Enforcer {
             if current == compiled {
                 continue;
             }
-            match write_rules(&mut maps, *number, current, compiled) {
+            let written = write_rules(&mut maps, *number, current, compiled).and_then(|()| {
+                write_syscall_rule(syscall_rules.as_mut(), *number, current, compiled)
+            });
+            match written {
                 Ok(()) => {
                     state.compiled.insert(*number, compiled.clone());
                 }
@@ -257,8 +272,21 @@ impl Enforcer {
             .collect();
         for number in stale {
             if let Some(current) = state.compiled.remove(&number) {
-                let _ = write_rules(&mut maps, number, &current, &CompiledProfile::default());
+                let empty = CompiledProfile::default();
+                let _ = write_rules(&mut maps, number, &current, &empty);
+                let _ = write_syscall_rule(syscall_rules.as_mut(), number, &current, &empty);
                 changed = true;
+            }
+        }
+        if changed && let Some(syscall_rules) = syscall_rules.as_mut() {
+            let in_use = state
+                .compiled
+                .values()
+                .filter(|c| c.syscalls.is_some())
+                .count();
+            let in_use = u32::try_from(in_use).unwrap_or(u32::MAX);
+            if let Err(error) = syscall_rules.in_use.set(0, in_use, 0) {
+                warn!(%error, "cannot count the syscall rules in force");
             }
         }
         if changed {
@@ -267,6 +295,31 @@ impl Enforcer {
                 warn!(%error, "cannot bump the policy generation");
             }
         }
+    }
+}
+
+/// Replaces the syscall rule of profile `number` (present only for a profile that opted in to
+/// kills): `current` → `wanted`.
+fn write_syscall_rule(
+    maps: Option<&mut SyscallRuleMaps>,
+    number: u32,
+    current: &CompiledProfile,
+    wanted: &CompiledProfile,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let Some(maps) = maps else {
+        return Ok(());
+    };
+    match (&current.syscalls, &wanted.syscalls) {
+        (current, Some(bits)) if current.as_ref() != Some(bits) => maps
+            .rules
+            .insert(number, bits, 0)
+            .context("writing a syscall rule (SYSCALL_RULES full?)"),
+        (Some(_), None) => {
+            let _ = maps.rules.remove(&number);
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use super::identity::WorkloadIdentity;
 use super::model::{
     EgressRule, FileAccess, ListenRule, MAX_TRACKED_CONTAINERS, Profile, ProfileStats,
-    ProfileStatus,
+    ProfileStatus, SyscallPolicy,
 };
 use super::pattern::PathPattern;
 
@@ -91,8 +91,8 @@ impl Profile {
     }
 }
 
-/// Merges `other` into `target` (union of entries, stats combined). Returns true when
-/// `target` gained an entry.
+/// Merges `other` into `target` (union of entries, stats combined; a `kill` syscall policy on
+/// either side is kept). Returns true when `target` gained an entry or the policy.
 ///
 /// Stats: first seen is the earliest, last seen and last new entry the latest, observations
 /// add up, distinct containers are counted once (inclusion–exclusion over the remembered
@@ -104,7 +104,7 @@ pub fn merge_into(target: &mut Profile, other: &Profile) -> Result<bool, MergeEr
             right: Box::new(other.identity.clone()),
         });
     }
-    let before = target.counts();
+    let before = (target.counts(), target.syscall_policy);
     target.executables.extend(other.executables.iter().cloned());
     for (path, accesses) in &other.files {
         target
@@ -116,6 +116,11 @@ pub fn merge_into(target: &mut Profile, other: &Profile) -> Result<bool, MergeEr
     target.egress.extend(other.egress.iter().cloned());
     target.listen.extend(other.listen.iter().copied());
     target.syscalls.extend(other.syscalls.iter().cloned());
+    // An opt-in is set by a person and never learned: a partial profile learned elsewhere must
+    // not drop it.
+    if other.syscall_policy == SyscallPolicy::Kill {
+        target.syscall_policy = SyscallPolicy::Kill;
+    }
     for (k, v) in &other.labels {
         target.labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
@@ -126,7 +131,7 @@ pub fn merge_into(target: &mut Profile, other: &Profile) -> Result<bool, MergeEr
             .or_insert_with(|| v.clone());
     }
     merge_stats(&mut target.stats, &other.stats);
-    Ok(target.counts() != before)
+    Ok((target.counts(), target.syscall_policy) != before)
 }
 
 /// The union of two partial profiles of one workload.
@@ -279,6 +284,21 @@ mod tests {
         // Merging is idempotent for entries.
         let mut again = m.clone();
         assert!(!merge_into(&mut again, &a).unwrap());
+    }
+
+    #[test]
+    fn merge_keeps_a_syscall_kill_opt_in() {
+        let mut reviewed = Profile::new(id());
+        reviewed.syscall_policy = SyscallPolicy::Kill;
+        let learned = Profile::new(id());
+        let mut target = learned.clone();
+        assert!(
+            merge_into(&mut target, &reviewed).unwrap(),
+            "the opt-in is a change"
+        );
+        assert_eq!(target.syscall_policy, SyscallPolicy::Kill);
+        assert!(!merge_into(&mut target, &learned).unwrap());
+        assert_eq!(target.syscall_policy, SyscallPolicy::Kill);
     }
 
     #[test]

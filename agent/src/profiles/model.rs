@@ -209,6 +209,26 @@ pub struct ListenRule {
     pub port: u16,
 }
 
+/// What enforce mode does about a syscall outside the profile's set. Syscall deviations are
+/// flagged in any case; killing is opt-in, per profile, because the syscall itself still runs
+/// (the process dies when it returns): the exported seccomp profile, which makes the call fail
+/// instead, is the recommended way to deny syscalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyscallPolicy {
+    /// Report the deviation, let the process live.
+    #[default]
+    Flag,
+    /// In enforce mode, send the process SIGKILL (verdict `killed`).
+    Kill,
+}
+
+impl SyscallPolicy {
+    pub fn is_flag(&self) -> bool {
+        *self == SyscallPolicy::Flag
+    }
+}
+
 /// Where a profile is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -328,6 +348,9 @@ pub struct Profile {
     pub listen: BTreeSet<ListenRule>,
     #[serde(default)]
     pub syscalls: BTreeSet<String>,
+    /// Set by people (YAML `spec.syscallPolicy`), never learned.
+    #[serde(default)]
+    pub syscall_policy: SyscallPolicy,
     #[serde(default)]
     pub stats: ProfileStats,
 }
@@ -344,6 +367,7 @@ impl Profile {
             egress: BTreeSet::new(),
             listen: BTreeSet::new(),
             syscalls: BTreeSet::new(),
+            syscall_policy: SyscallPolicy::Flag,
             stats: ProfileStats::default(),
         }
     }
@@ -791,6 +815,7 @@ mod tests {
         event.body = Some(Body::Syscall(proto::SyscallEvent {
             number: 257,
             name: "openat".into(),
+            verdict: String::new(),
         }));
         assert_eq!(
             Observation::from_event(&event),

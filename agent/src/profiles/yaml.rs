@@ -25,6 +25,7 @@
 //!     listen:
 //!     - {protocol: tcp, port: 80}
 //!   syscalls: [accept4, read, write]
+//!   syscallPolicy: kill             # optional: flag (default) | kill, see below
 //! status: {...}                     # written on export for people, ignored on import
 //! ```
 //!
@@ -34,6 +35,9 @@
 //! deserialisation (the pattern types validate themselves) precisely so that every error
 //! carries the position of the offending value. Several documents in one file with the same
 //! selector are merged. `metadata.name` is for people and tools; the selector is the identity.
+//! `syscallPolicy: kill` opts the workload in to SIGKILL for a syscall outside `syscalls` in
+//! enforce mode (by default syscall deviations are only flagged); it is written on export only
+//! when set, so learned profiles export as before.
 //! The `status` section is ignored on import because it describes one agent's observation
 //! history, not intent: an imported profile starts out `stable`.
 
@@ -48,6 +52,7 @@ use super::identity::{WorkloadIdentity, image_repository};
 use super::merge::merge_into;
 use super::model::{
     EgressRule, EntryCounts, ExecRule, FileAccess, ListenRule, Profile, ProfileStatus,
+    SyscallPolicy,
 };
 use super::pattern::{PathPattern, deserialize_str_with};
 
@@ -255,7 +260,7 @@ struct Selector {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Spec {
     selector: Selector,
     #[serde(default)]
@@ -266,6 +271,8 @@ struct Spec {
     network: Network,
     #[serde(default)]
     syscalls: Vec<SyscallName>,
+    #[serde(default, skip_serializing_if = "SyscallPolicy::is_flag")]
+    syscall_policy: SyscallPolicy,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -378,6 +385,7 @@ fn to_document(profile: &Profile) -> Document {
                 listen: profile.listen.iter().copied().collect(),
             },
             syscalls: profile.syscalls.iter().cloned().map(SyscallName).collect(),
+            syscall_policy: profile.syscall_policy,
         },
         status: StatusField(Some(Status {
             phase: stats.status,
@@ -413,6 +421,7 @@ fn from_document(doc: Document) -> Profile {
     profile.egress = doc.spec.network.egress.into_iter().collect();
     profile.listen = doc.spec.network.listen.into_iter().collect();
     profile.syscalls = doc.spec.syscalls.into_iter().map(|s| s.0).collect();
+    profile.syscall_policy = doc.spec.syscall_policy;
     profile.stats.status = ProfileStatus::Stable;
     profile
 }
@@ -765,6 +774,25 @@ spec:
             9,
             "must not be empty",
         );
+    }
+
+    #[test]
+    fn syscall_policy_is_opt_in_and_round_trips() {
+        let learned = import_str(GOOD, file()).unwrap();
+        assert_eq!(learned[0].syscall_policy, SyscallPolicy::Flag);
+        assert!(!export(&learned).contains("syscallPolicy"));
+
+        let text = format!("{GOOD}  syscallPolicy: kill\n");
+        let opted_in = import_str(&text, file()).unwrap();
+        assert_eq!(opted_in[0].syscall_policy, SyscallPolicy::Kill);
+        let exported = export(&opted_in);
+        assert!(exported.contains("syscallPolicy: kill"), "{exported}");
+        assert_eq!(import_str(&exported, file()).unwrap(), opted_in);
+
+        let bad = format!("{GOOD}  syscallPolicy: block\n");
+        assert_error_at(&err(&bad), 28, "unknown variant `block`");
+        let misspelt = format!("{GOOD}  syscall_policy: kill\n");
+        assert_error_at(&err(&misspelt), 28, "unknown field `syscall_policy`");
     }
 
     #[test]

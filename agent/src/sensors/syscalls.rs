@@ -22,7 +22,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use custos_ebpf::{
     self as shared,
-    syscall::{SYSCALL_SETS_MAP, SyscallBits},
+    syscall::{SYSCALL_RULES_IN_USE_MAP, SYSCALL_RULES_MAP, SYSCALL_SETS_MAP, SyscallBits},
 };
 use dashmap::DashMap;
 use tracing::{debug, info, warn};
@@ -40,11 +40,13 @@ use crate::{
     containers::{ContainerRegistry, cgroup::parse_cgroup_path},
 };
 
-/// A cgroup used a syscall for the first time.
+/// A cgroup used a syscall for the first time, or a process was killed for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyscallRecord {
     pub header: RecordHeader,
     pub number: u32,
+    /// The kernel's decision (`policy::VERDICT_*`): killed, or none.
+    pub verdict: u32,
 }
 
 /// Decodes a `SyscallRecord` (the kind has been checked by the caller).
@@ -53,6 +55,7 @@ pub fn decode(bytes: &[u8]) -> Result<SyscallRecord, DecodeError> {
     Ok(SyscallRecord {
         header: decode_header(&raw.header),
         number: raw.number,
+        verdict: raw.verdict,
     })
 }
 
@@ -64,11 +67,34 @@ pub fn syscall_name(number: u32) -> String {
     }
 }
 
+/// The number of syscall `name` (`syscall_<n>` included), `None` for a name not in the table.
+pub fn syscall_number(name: &str) -> Option<u32> {
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(number) = name.strip_prefix("syscall_") {
+        return number.parse().ok();
+    }
+    SYSCALL_NAMES
+        .iter()
+        .position(|known| *known == name)
+        .and_then(|index| u32::try_from(index).ok())
+}
+
 /// The API form of syscall `number`.
 pub fn syscall_event(number: u32) -> proto::SyscallEvent {
     proto::SyscallEvent {
         number,
         name: syscall_name(number),
+        verdict: String::new(),
+    }
+}
+
+/// The event of a first-use (or kill) record, with the kernel's verdict.
+pub fn record_event(record: &SyscallRecord) -> proto::SyscallEvent {
+    proto::SyscallEvent {
+        verdict: crate::enforcement::verdict_name(record.verdict).to_owned(),
+        ..syscall_event(record.number)
     }
 }
 
@@ -107,6 +133,13 @@ impl SyscallSets {
     /// reported), false for a duplicate.
     pub fn first_use(&self, cgroup_id: u64, number: u32) -> bool {
         self.seen.entry(cgroup_id).or_default().insert(number)
+    }
+
+    /// Whether `record` is a first use already reported (the kernel may send one twice when
+    /// CPUs race). A kill is never a duplicate: each one is reported.
+    pub fn is_duplicate(&self, record: &SyscallRecord) -> bool {
+        let first = self.first_use(record.header.cgroup_id, record.number);
+        !first && record.verdict != custos_ebpf::policy::VERDICT_KILLED
     }
 
     /// Every (cgroup id, set) known, the kernel's and ours merged.
@@ -230,24 +263,69 @@ pub fn numbers(bits: &SyscallBits) -> impl Iterator<Item = u32> + '_ {
 /// An open handle on the kernel's `SYSCALL_SETS` map.
 pub struct KernelMapHandle(KernelMap);
 
-/// Opens the kernel's `SYSCALL_SETS` map of the loaded programs by its id, so the handle lives
-/// on its own (no lock shared with the rest of the sensors).
-pub fn open_kernel_map(ebpf: &aya::Ebpf) -> Result<KernelMapHandle, SensorError> {
+/// A handle of its own on the loaded programs' map `name`, opened by id, so that it lives
+/// independently of the loaded object (no lock shared with the rest of the sensors).
+fn own_map(ebpf: &aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, SensorError> {
     let map_error = |source| SensorError::Map {
-        name: SYSCALL_SETS_MAP,
+        name,
         source: Box::new(source),
     };
-    let map = ebpf
-        .map(SYSCALL_SETS_MAP)
-        .ok_or(SensorError::Missing(SYSCALL_SETS_MAP))?;
-    let aya::maps::Map::HashMap(data) = map else {
-        return Err(SensorError::Missing(SYSCALL_SETS_MAP));
+    let map = ebpf.map(name).ok_or(SensorError::Missing(name))?;
+    let (aya::maps::Map::HashMap(data) | aya::maps::Map::Array(data)) = map else {
+        return Err(SensorError::Missing(name));
     };
     let id = data.info().map_err(map_error)?.id();
     let data = MapData::from_id(id).map_err(map_error)?;
-    let map = KernelMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error)?;
-    info!(map = SYSCALL_SETS_MAP, id, "syscall sets readable");
+    Ok(match map {
+        aya::maps::Map::Array(_) => aya::maps::Map::Array(data),
+        _ => aya::maps::Map::HashMap(data),
+    })
+}
+
+/// Opens the kernel's `SYSCALL_SETS` map of the loaded programs.
+pub fn open_kernel_map(ebpf: &aya::Ebpf) -> Result<KernelMapHandle, SensorError> {
+    let map = KernelMap::try_from(own_map(ebpf, SYSCALL_SETS_MAP)?).map_err(|source| {
+        SensorError::Map {
+            name: SYSCALL_SETS_MAP,
+            source: Box::new(source),
+        }
+    })?;
+    info!(map = SYSCALL_SETS_MAP, "syscall sets readable");
     Ok(KernelMapHandle(map))
+}
+
+/// The kernel's syscall rules of the profiles that opted in to kills (`SYSCALL_RULES`: profile
+/// number → allowed set) and their count (`SYSCALL_RULES_IN_USE`), which the enforcement
+/// module writes.
+pub struct SyscallRuleMaps {
+    pub rules: BpfHashMap<MapData, u32, SyscallBits>,
+    pub in_use: aya::maps::Array<MapData, u32>,
+}
+
+/// Opens the syscall rule maps of the loaded programs.
+pub fn open_rule_maps(ebpf: &aya::Ebpf) -> Result<SyscallRuleMaps, SensorError> {
+    let map_error = |name: &'static str| {
+        move |source| SensorError::Map {
+            name,
+            source: Box::new(source),
+        }
+    };
+    Ok(SyscallRuleMaps {
+        rules: BpfHashMap::try_from(own_map(ebpf, SYSCALL_RULES_MAP)?)
+            .map_err(map_error(SYSCALL_RULES_MAP))?,
+        in_use: aya::maps::Array::try_from(own_map(ebpf, SYSCALL_RULES_IN_USE_MAP)?)
+            .map_err(map_error(SYSCALL_RULES_IN_USE_MAP))?,
+    })
+}
+
+/// [`open_rule_maps`], logging instead of failing: without them, syscall deviations are only
+/// flagged, whatever the profile says.
+pub fn open_rule_maps_or_warn(ebpf: &aya::Ebpf) -> Option<SyscallRuleMaps> {
+    open_rule_maps(ebpf)
+        .inspect_err(|error| {
+            warn!(%error, "cannot write the kernel's syscall rules; syscall deviations are only flagged")
+        })
+        .ok()
 }
 
 /// [`open_kernel_map`], logging instead of failing: without the map, sets come from records.
@@ -287,6 +365,16 @@ mod tests {
     }
 
     #[test]
+    fn names_map_back_to_numbers() {
+        for number in [0, 1, 59, 231, 257, 435] {
+            assert_eq!(syscall_number(&syscall_name(number)), Some(number));
+        }
+        assert_eq!(syscall_number("syscall_335"), Some(335));
+        assert_eq!(syscall_number(""), None);
+        assert_eq!(syscall_number("no_such_call"), None);
+    }
+
+    #[test]
     fn unknown_numbers_are_named_by_number() {
         assert_eq!(syscall_name(335), "syscall_335");
         assert_eq!(syscall_name(511), "syscall_511");
@@ -319,7 +407,7 @@ mod tests {
                 comm: *b"syscall_mix\0\0\0\0\0",
             },
             number: 318,
-            _pad: 0,
+            verdict: custos_ebpf::policy::VERDICT_KILLED,
         };
         // SAFETY: reading the bytes of a plain-old-data value.
         let bytes = unsafe {
@@ -330,6 +418,7 @@ mod tests {
         };
         let record = decode(bytes).unwrap();
         assert_eq!(record.number, 318);
+        assert_eq!(record_event(&record).verdict, "killed");
         assert_eq!(record.header.cgroup_id, 77);
         assert_eq!(record.header.comm, "syscall_mix");
         assert!(matches!(

@@ -672,6 +672,7 @@ impl SyscallSetLookup for OneContainer {
         let syscall = |number, name: &str| proto::SyscallEvent {
             number,
             name: name.to_owned(),
+            verdict: String::new(),
         };
         Ok(proto::SyscallSet {
             container_id: ID_A.to_owned(),

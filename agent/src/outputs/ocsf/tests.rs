@@ -430,6 +430,7 @@ fn syscall_and_drop_events_have_no_class() {
         Body::Syscall(proto::SyscallEvent {
             number: 0,
             name: "read".into(),
+            verdict: String::new(),
         }),
         Body::Drop(proto::DropEvent::default()),
     ] {
