@@ -369,7 +369,8 @@ fn render_kernel(out: &mut Exposition, counters: Option<KernelCounters>) {
         "custos_kernel_enforced_total",
         "counter",
         "Actions stopped in the kernel (enforce): processes killed for an exec or open, network \
-         calls failed with EPERM.",
+         calls failed with EPERM (blocked), execs and opens failed with EPERM by BPF LSM \
+         (lsm_denied).",
     );
     out.sample(
         "custos_kernel_enforced_total",
@@ -380,6 +381,11 @@ fn render_kernel(out: &mut Exposition, counters: Option<KernelCounters>) {
         "custos_kernel_enforced_total",
         &[("action", "blocked")],
         c.network_blocked,
+    );
+    out.sample(
+        "custos_kernel_enforced_total",
+        &[("action", "lsm_denied")],
+        c.lsm_denied,
     );
     out.family(
         "custos_kernel_allowed_total",

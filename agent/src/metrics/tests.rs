@@ -149,6 +149,7 @@ async fn a_scrape_reports_every_source_in_the_text_format() {
         (r#"custos_ring_buffer_suppressed_total{ring="activity"}"#, 7),
         (r#"custos_kernel_enforced_total{action="killed"}"#, 5),
         (r#"custos_kernel_enforced_total{action="blocked"}"#, 0),
+        (r#"custos_kernel_enforced_total{action="lsm_denied"}"#, 0),
         (r#"custos_bpf_map_entries{map="RECENT"}"#, 3),
         (r#"custos_bpf_map_capacity{map="RECENT"}"#, 65536),
         (r#"custos_profiles{status="learning"}"#, 2),
