@@ -26,7 +26,12 @@ use crate::setup;
 
 /// Test binaries `vm-test` runs when no `--test` is given: the ones whose behaviour depends on
 /// the kernel's enforcement mechanisms.
-pub const DEFAULT_TESTS: &[&str] = &["e2e_exec", "e2e_monitor", "e2e_enforce"];
+pub const DEFAULT_TESTS: &[&str] = &[
+    "e2e_exec",
+    "e2e_monitor",
+    "e2e_enforce",
+    "e2e_kernel_filter",
+];
 
 /// Kernel command line: BPF LSM on (Debian's default list does not include it), output on the
 /// serial console, and a panic ends QEMU (`-no-reboot`) instead of hanging until the timeout.

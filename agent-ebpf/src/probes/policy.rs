@@ -236,11 +236,18 @@ fn judge_sock_addr(ctx: &SockAddrContext, direction: u8, family: u8) -> i32 {
     // Each program reads only the address fields of its own family (the verifier refuses the
     // others).
     let mut addr = [0u8; 16];
+    let mut family = family;
     if family == 4 {
         addr[..4].copy_from_slice(&sock.user_ip4.to_ne_bytes());
     } else {
         for (index, word) in sock.user_ip6.iter().enumerate() {
             addr[index * 4..index * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 peer, as the compiler keys it.
+        if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
+            addr.copy_within(12..16, 0);
+            addr[4..].fill(0);
+            family = 4;
         }
     }
     // user_port is in network byte order in the low 16 bits.

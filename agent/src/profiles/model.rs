@@ -508,7 +508,12 @@ impl Profile {
                 port: *port,
             }),
             Observation::Syscall { name } => {
-                SIGNAL_RETURN_SYSCALLS.contains(&name.as_str()) || self.syscalls.contains(name)
+                SIGNAL_RETURN_SYSCALLS.contains(&name.as_str())
+                    || self.syscalls.contains(name)
+                    // An imported profile may list `socket` without the waits it implies.
+                    || self.syscalls.iter().any(|learned| {
+                        generalize::implied_syscalls(learned).contains(&name.as_str())
+                    })
             }
         }
     }
@@ -625,6 +630,11 @@ mod tests {
             assert!(!p.learn(&syscall(wait)), "{wait} is not new after socket");
         }
         assert!(!p.allows(&syscall("connect")));
+        // A reviewed profile that lists `socket` without its waits allows them too.
+        let mut imported = Profile::new(identity());
+        imported.syscalls.insert("socket".into());
+        assert!(imported.allows(&syscall("epoll_wait")));
+        assert!(!imported.allows(&syscall("read")));
         assert!(!p.allows(&syscall("ptrace")));
     }
 
