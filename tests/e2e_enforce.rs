@@ -10,9 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use custos::api::proto::{self, custos_client::CustosClient};
+use custos::api::proto;
 use support::*;
-use tonic::transport::Channel;
 
 fn labels(pod: &str) -> PodLabels<'_> {
     PodLabels {
@@ -35,33 +34,6 @@ fn guarded_rootfs() -> Rootfs {
     std::fs::create_dir_all(&sbin).unwrap();
     std::os::unix::fs::symlink("/bin/busybox", sbin.join("sshd")).unwrap();
     rootfs
-}
-
-/// Waits until the profile of `workload` holds at least the given counts.
-async fn wait_for_profile(
-    agent: &Agent,
-    client: &mut CustosClient<Channel>,
-    workload: &str,
-    ready: impl Fn(&proto::ProfileSummary) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let profiles = client
-            .list_profiles(proto::ListProfilesRequest {})
-            .await
-            .expect("list profiles")
-            .into_inner()
-            .profiles;
-        if profiles.iter().any(|p| p.workload == workload && ready(p)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "profile of {workload} not learned: {profiles:#?}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,15 +90,7 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
     // Enforce, by editing the configuration: effective within a second.
     agent_config(dir.path(), &modes("enforce"), 3600);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut deviations = subscribe(
-        &mut client,
-        proto::EventFilter {
-            namespaces: vec!["qa".into()],
-            kinds: vec!["deviation".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut deviations = subscribe_deviations(&mut client, "qa").await;
 
     // The same workload runs, untouched and unreported.
     let same_id = container_id();
@@ -244,15 +208,7 @@ async fn ssh_in_a_container_is_flagged_in_every_mode_but_off() {
     let config = agent_config(dir.path(), modes, 3600);
     let agent = Agent::start_with(["--config".into(), config.into_os_string()]).await;
     let mut client = agent.client().await;
-    let mut deviations = subscribe(
-        &mut client,
-        proto::EventFilter {
-            namespaces: vec!["qa".into()],
-            kinds: vec!["deviation".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut deviations = subscribe_deviations(&mut client, "qa").await;
     let rootfs = guarded_rootfs();
     let mut ids = Vec::new();
     for workload in ["learner", "watcher", "ignored"] {

@@ -10,9 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use custos::api::proto::{self, custos_client::CustosClient};
+use custos::api::proto;
 use support::*;
-use tonic::transport::Channel;
 
 fn labels(pod: &str) -> PodLabels<'_> {
     PodLabels {
@@ -24,33 +23,6 @@ fn labels(pod: &str) -> PodLabels<'_> {
 
 fn modes(workload: &str, mode: &str) -> String {
     format!("default: off\nworkloads:\n- {{workload: {workload}, namespace: qa, mode: {mode}}}\n")
-}
-
-/// Waits until the profile of `workload` satisfies `ready`.
-async fn wait_for_profile(
-    agent: &Agent,
-    client: &mut CustosClient<Channel>,
-    workload: &str,
-    ready: impl Fn(&proto::ProfileSummary) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let profiles = client
-            .list_profiles(proto::ListProfilesRequest {})
-            .await
-            .expect("list profiles")
-            .into_inner()
-            .profiles;
-        if profiles.iter().any(|p| p.workload == workload && ready(p)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "profile of {workload} not learned: {profiles:#?}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn network_of(event: &proto::Event) -> Option<&proto::NetworkEvent> {
@@ -201,15 +173,7 @@ async fn an_opted_in_workload_is_killed_for_an_unlearned_syscall_others_are_flag
 
     agent_config(dir.path(), &modes("enforce"), 3600);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut deviations = subscribe(
-        &mut client,
-        proto::EventFilter {
-            namespaces: vec!["qa".into()],
-            kinds: vec!["deviation".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut deviations = subscribe_deviations(&mut client, "qa").await;
 
     let mut ids = Vec::new();
     let mut outputs = Vec::new();

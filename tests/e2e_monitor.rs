@@ -44,41 +44,16 @@ async fn monitor_mode_flags_each_unlearned_action_once_and_lets_it_happen() {
 
     // Learn: the workload runs until its profile holds what it did.
     run_container(&container_id(), &rootfs, &labels("watched-0"), &learned_run);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let profiles = client
-            .list_profiles(proto::ListProfilesRequest {})
-            .await
-            .expect("list profiles")
-            .into_inner()
-            .profiles;
-        if profiles
-            .iter()
-            .any(|p| p.workload == "watched" && p.executables >= 2 && p.files >= 1)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "profile not learned: {profiles:#?}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_profile(&agent, &mut client, "watched", |p| {
+        p.executables >= 2 && p.files >= 1
+    })
+    .await;
 
     // Switch to monitor by editing the configuration: effective within a second.
     agent_config(dir.path(), &modes("monitor"), 3600);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut deviations = subscribe(
-        &mut client,
-        proto::EventFilter {
-            namespaces: vec!["qa".into()],
-            kinds: vec!["deviation".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut deviations = subscribe_deviations(&mut client, "qa").await;
 
     // The same workload: nothing to flag.
     let same_id = container_id();

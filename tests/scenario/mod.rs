@@ -7,8 +7,6 @@ use std::{
     time::Duration,
 };
 
-use custos::api::proto;
-
 use super::support::*;
 
 const NAMESPACE: &str = "qa";
@@ -61,27 +59,10 @@ pub async fn learn(agent: &Agent, rootfs: &Rootfs) {
         &usual,
     );
     let mut client = agent.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let profiles = client
-            .list_profiles(proto::ListProfilesRequest {})
-            .await
-            .expect("list profiles")
-            .into_inner()
-            .profiles;
-        if profiles
-            .iter()
-            .any(|p| p.workload == WORKLOAD && p.executables >= 2 && p.files >= 1)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "profile not learned: {profiles:#?}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_profile(agent, &mut client, WORKLOAD, |p| {
+        p.executables >= 2 && p.files >= 1
+    })
+    .await;
 }
 
 /// Switches the workload to `mode` (`monitor` or `enforce`; rewriting the configuration with

@@ -497,3 +497,47 @@ pub fn deviation_of(event: &proto::Event) -> Option<&proto::DeviationEvent> {
         _ => None,
     }
 }
+
+/// Subscribes to the deviation events of pods in `namespace`.
+pub async fn subscribe_deviations(
+    client: &mut CustosClient<Channel>,
+    namespace: &str,
+) -> tonic::Streaming<proto::Event> {
+    subscribe(
+        client,
+        proto::EventFilter {
+            namespaces: vec![namespace.into()],
+            kinds: vec!["deviation".into()],
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Waits (20 s at most) until the profile of `workload` satisfies `ready`; fails with the
+/// profiles and the agent's log otherwise.
+pub async fn wait_for_profile(
+    agent: &Agent,
+    client: &mut CustosClient<Channel>,
+    workload: &str,
+    ready: impl Fn(&proto::ProfileSummary) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let profiles = client
+            .list_profiles(proto::ListProfilesRequest {})
+            .await
+            .expect("list profiles")
+            .into_inner()
+            .profiles;
+        if profiles.iter().any(|p| p.workload == workload && ready(p)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "profile of {workload} not learned: {profiles:#?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
