@@ -111,3 +111,77 @@ async fn a_process_started_before_the_agent_is_attributed_to_its_container() {
 fn is_hostname_open(event: &proto::Event) -> bool {
     matches!(&event.body, Some(proto::event::Body::Open(open)) if open.path == "/etc/hostname")
 }
+
+/// A pod label overrides the workload part of a profile's identity. On a real node the CRI
+/// plugin puts a pod's labels on its sandbox container (`io.cri-containerd.kind=sandbox`), and
+/// the pod's containers share its `io.kubernetes.pod.uid`; this builds that shape with `ctr` (no
+/// kubelet runs here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_label_on_the_sandbox_sets_the_profile_identity() {
+    if !privileged("a_pod_label_on_the_sandbox_sets_the_profile_identity") {
+        return;
+    }
+    ensure_containerd();
+    let dir = TempDir::new("pod-labels");
+    let config = agent_config(dir.path(), "default: learn\n", 3600);
+    let agent = Agent::start_with(["--config".into(), config.into_os_string()]).await;
+    let mut client = agent.client().await;
+    let rootfs = Rootfs::busybox_with(&["sleep"]);
+    let pod = "web-7f9c5d8b6-x2x1q";
+    let uid = format!("uid-{}", &container_id()[..12]);
+    let uid_label = format!("io.kubernetes.pod.uid={uid}");
+    let mut sandbox = BackgroundContainer::start(
+        &container_id(),
+        &rootfs,
+        &PodLabels {
+            namespace: "qa",
+            pod,
+            container: "POD",
+        },
+        &["/bin/sleep", "30"],
+        &[
+            "--label",
+            "io.cri-containerd.kind=sandbox",
+            "--label",
+            &uid_label,
+            "--label",
+            "custos.dev/workload=storefront",
+        ],
+    );
+    // containerd tells the agent about the sandbox through its events.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sandbox.assert_running();
+    run_container_with(
+        &container_id(),
+        &rootfs,
+        &PodLabels {
+            namespace: "qa",
+            pod,
+            container: "app",
+        },
+        &["/bin/cat", "/etc/hostname"],
+        &[
+            "--label",
+            "io.cri-containerd.kind=container",
+            "--label",
+            &uid_label,
+        ],
+    );
+    wait_for_profile(&agent, &mut client, "storefront", |p| {
+        p.container == "app" && p.executables >= 1
+    })
+    .await;
+    let profiles = client
+        .list_profiles(proto::ListProfilesRequest {})
+        .await
+        .expect("list profiles")
+        .into_inner()
+        .profiles;
+    assert!(
+        !profiles
+            .iter()
+            .any(|p| p.workload == "web" && p.container == "app"),
+        "the pod-name identity was used despite the label: {profiles:#?}"
+    );
+    sandbox.stop();
+}

@@ -397,6 +397,7 @@ mod tests {
                 image: "nginx:1.27".to_owned(),
                 cgroup_id: 4242,
                 cgroup_path: "/kubepods/pod1/abc".to_owned(),
+                pod_labels: Default::default(),
             }),
             process: Some(proto::Process {
                 pid: 123,
@@ -510,7 +511,7 @@ mod tests {
             "workload": {
                 "host": false, "container_id": ID, "runtime": "containerd", "namespace": "qa",
                 "pod": "web-1", "container": "web", "image": "nginx:1.27", "cgroup_id": 4242,
-                "cgroup_path": "/kubepods/pod1/abc"
+                "cgroup_path": "/kubepods/pod1/abc", "pod_labels": {}
             },
             "process": {
                 "pid": 123, "tid": 123, "ppid": 100, "uid": 0, "gid": 0, "comm": "cat",

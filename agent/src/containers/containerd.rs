@@ -13,7 +13,7 @@
 //! "unknown" at once, and a background task reconnects with exponential backoff and reloads.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -110,6 +110,14 @@ pub enum ContainerdError {
     },
 }
 
+/// The kubelet's pod uid label, shared by a pod's sandbox and its containers.
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+/// containerd's CRI plugin marks a pod's sandbox container with `sandbox` here.
+pub const LABEL_CRI_KIND: &str = "io.cri-containerd.kind";
+/// Pod labels Custos reads (identity overrides such as `custos.dev/workload`): the CRI plugin
+/// puts a pod's labels on its sandbox container only.
+pub const CUSTOS_LABEL_PREFIX: &str = "custos.dev/";
+
 /// What containerd knows about one container.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerMeta {
@@ -123,6 +131,12 @@ pub struct ContainerMeta {
     pub container: String,
     /// Image reference.
     pub image: String,
+    /// The kubelet's pod uid; empty if not started by a kubelet.
+    pub pod_uid: String,
+    /// True for a pod's sandbox (pause) container.
+    pub sandbox: bool,
+    /// This container's own `custos.dev/*` labels.
+    pub custos_labels: BTreeMap<String, String>,
 }
 
 impl ContainerMeta {
@@ -134,6 +148,14 @@ impl ContainerMeta {
             pod: label(LABEL_POD_NAME),
             container: label(LABEL_CONTAINER_NAME),
             image: container.image.clone(),
+            pod_uid: label(LABEL_POD_UID),
+            sandbox: label(LABEL_CRI_KIND) == "sandbox",
+            custos_labels: container
+                .labels
+                .iter()
+                .filter(|(key, _)| key.starts_with(CUSTOS_LABEL_PREFIX))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }
     }
 }
@@ -226,7 +248,22 @@ impl ContainerdMetadata {
         self.cache.get(id).map(|m| Arc::clone(&m))
     }
 
-    /// Whether containerd reported the container deleted (and the grace period still runs).
+    /// The `custos.dev/*` labels of the pod `meta` belongs to: its sandbox's (where the CRI
+    /// plugin puts the pod's labels), then the container's own on top.
+    pub fn pod_labels(&self, meta: &ContainerMeta) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        if !meta.pod_uid.is_empty()
+            && let Some(sandbox) = self
+                .cache
+                .iter()
+                .find(|entry| entry.sandbox && entry.pod_uid == meta.pod_uid)
+        {
+            labels.extend(sandbox.custos_labels.clone());
+        }
+        labels.extend(meta.custos_labels.clone());
+        labels
+    }
+
     /// The cached containers whose id starts with `prefix` (at most `limit` of them).
     pub fn find_by_prefix(&self, prefix: &str, limit: usize) -> Vec<(String, Arc<ContainerMeta>)> {
         self.cache
@@ -237,6 +274,7 @@ impl ContainerdMetadata {
             .collect()
     }
 
+    /// Whether containerd reported the container deleted (and the grace period still runs).
     pub fn is_deleted(&self, id: &str) -> bool {
         self.deleted.contains_key(id)
     }
@@ -640,6 +678,9 @@ mod tests {
                 (LABEL_POD_NAMESPACE.to_owned(), "qa".to_owned()),
                 (LABEL_POD_NAME.to_owned(), "web-1".to_owned()),
                 (LABEL_CONTAINER_NAME.to_owned(), "web".to_owned()),
+                (LABEL_POD_UID.to_owned(), "uid-1".to_owned()),
+                (LABEL_CRI_KIND.to_owned(), "sandbox".to_owned()),
+                ("custos.dev/workload".to_owned(), "shop".to_owned()),
                 ("other".to_owned(), "x".to_owned()),
             ]),
             ..Default::default()
@@ -652,6 +693,9 @@ mod tests {
                 pod: "web-1".into(),
                 container: "web".into(),
                 image: "registry.k8s.io/pause:3.9".into(),
+                pod_uid: "uid-1".into(),
+                sandbox: true,
+                custos_labels: BTreeMap::from([("custos.dev/workload".into(), "shop".into())]),
             }
         );
         let bare = Container::default();

@@ -160,6 +160,8 @@ impl ContainerRegistry {
                 if runtime == Runtime::Containerd {
                     match self.containerd.lookup(id.as_str()).await {
                         Some(meta) => {
+                            workload.pod_labels =
+                                self.containerd.pod_labels(&meta).into_iter().collect();
                             workload.namespace = meta.pod_namespace.clone();
                             workload.pod = meta.pod.clone();
                             workload.container = meta.container.clone();

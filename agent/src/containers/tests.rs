@@ -95,6 +95,7 @@ async fn attribution_over_a_fake_hierarchy() {
             pod: "web-1".into(),
             container: "web".into(),
             image: "docker.io/library/nginx:1.27".into(),
+            ..Default::default()
         },
     );
     let full = registry.workload_for_cgroup(id).await;
@@ -369,6 +370,7 @@ async fn integration_real_containerd() {
                 image: String::new(), // --rootfs: no image
                 cgroup_id,
                 cgroup_path: path.clone(),
+                pod_labels: Default::default(),
             }
         );
         // Cached: the same answer again.

@@ -44,6 +44,15 @@ impl Labels for BTreeMap<String, String> {
     }
 }
 
+/// Labels looked up in the first source, then the second.
+struct Layered<'a, A, B>(&'a A, &'a B);
+
+impl<A: Labels, B: Labels> Labels for Layered<'_, A, B> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0.label(key).or_else(|| self.1.label(key))
+    }
+}
+
 /// No labels.
 impl Labels for () {
     fn label(&self, _key: &str) -> Option<&str> {
@@ -88,7 +97,7 @@ impl WorkloadIdentity {
     }
 
     /// The identity of an event's workload; `None` for host processes and containers not
-    /// started by a kubelet (no pod name).
+    /// started by a kubelet (no pod name). `labels` win over the workload's own pod labels.
     pub fn from_workload(workload: &proto::Workload, labels: &impl Labels) -> Option<Self> {
         if workload.host || workload.pod.is_empty() {
             return None;
@@ -97,7 +106,7 @@ impl WorkloadIdentity {
             &workload.pod,
             &workload.container,
             &workload.image,
-            labels,
+            &Layered(labels, &workload.pod_labels),
         ))
     }
 
@@ -363,6 +372,16 @@ mod tests {
             WorkloadIdentity::from_workload(&wl("qa"), &()),
             WorkloadIdentity::from_workload(&wl("prod"), &())
         );
+        // The workload's own pod labels override; labels given by the caller win over them.
+        let mut labelled = wl("qa");
+        labelled
+            .pod_labels
+            .insert(LABEL_WORKLOAD.into(), "storefront".into());
+        let identity = WorkloadIdentity::from_workload(&labelled, &()).unwrap();
+        assert_eq!(identity.workload, "storefront");
+        let caller = BTreeMap::from([(LABEL_WORKLOAD.to_owned(), "other".to_owned())]);
+        let identity = WorkloadIdentity::from_workload(&labelled, &caller).unwrap();
+        assert_eq!(identity.workload, "other");
         let host = proto::Workload {
             host: true,
             ..Default::default()

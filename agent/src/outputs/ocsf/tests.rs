@@ -20,6 +20,7 @@ fn pod() -> proto::Workload {
         image: "nginx:1.27".into(),
         cgroup_id: 42,
         cgroup_path: "/kubepods/x".into(),
+        pod_labels: Default::default(),
     }
 }
 
