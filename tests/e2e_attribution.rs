@@ -171,12 +171,7 @@ async fn a_pod_label_on_the_sandbox_sets_the_profile_identity() {
         p.container == "app" && p.executables >= 1
     })
     .await;
-    let profiles = client
-        .list_profiles(proto::ListProfilesRequest {})
-        .await
-        .expect("list profiles")
-        .into_inner()
-        .profiles;
+    let profiles = list_profiles(&mut client).await;
     assert!(
         !profiles
             .iter()

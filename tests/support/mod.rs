@@ -524,12 +524,7 @@ pub async fn wait_for_profile(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let profiles = client
-            .list_profiles(proto::ListProfilesRequest {})
-            .await
-            .expect("list profiles")
-            .into_inner()
-            .profiles;
+        let profiles = list_profiles(client).await;
         if profiles.iter().any(|p| p.workload == workload && ready(p)) {
             return;
         }
@@ -540,4 +535,14 @@ pub async fn wait_for_profile(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The agent's profiles (`ListProfiles`).
+pub async fn list_profiles(client: &mut CustosClient<Channel>) -> Vec<proto::ProfileSummary> {
+    client
+        .list_profiles(proto::ListProfilesRequest {})
+        .await
+        .expect("list profiles")
+        .into_inner()
+        .profiles
 }
