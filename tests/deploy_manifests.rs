@@ -7,7 +7,8 @@
 //!   here, not the tool's warning). BehaviorProfile custom resources are not validated with
 //!   it (it has no schema for them) but with the CRD's own schema, below;
 //! - the rendered ConfigMap's `custos.yaml` parses with `Config::parse` and has the overlay's
-//!   modes, and the DaemonSet's paths are the configuration's;
+//!   modes (and /metrics on the DaemonSet's metrics port), and the DaemonSet's paths are the
+//!   configuration's;
 //! - a profile exported by the library, and the prod overlay's example profiles, validate
 //!   against the CRD's openAPIV3Schema (with the `jsonschema` crate), and broken documents are
 //!   rejected by both the schema and the importer.
@@ -212,12 +213,18 @@ fn rendered_configuration_is_the_agents_and_overlays_change_only_modes() {
 
     for (name, overlay) in [("qa", &qa), ("prod", &prod)] {
         assert_ne!(overlay.modes, builtin.modes, "{name}: modes unchanged");
+        assert_eq!(
+            overlay.metrics.listen.map(|addr| addr.port()),
+            Some(9447),
+            "{name}: /metrics on the DaemonSet's metrics port"
+        );
         let mut same = (*overlay).clone();
         same.modes = builtin.modes.clone();
+        same.metrics = builtin.metrics.clone();
         assert_eq!(
             same, builtin,
             "deploy/overlays/{name}/custos.yaml may differ from deploy/config/custos.yaml \
-             only in `modes`"
+             only in `modes` and `metrics`"
         );
     }
 
