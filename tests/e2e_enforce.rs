@@ -252,3 +252,51 @@ async fn ssh_in_a_container_is_flagged_in_every_mode_but_off() {
         assert_eq!(deviation.observed, "/usr/sbin/sshd (parent /bin/sh)");
     }
 }
+
+/// An unconnected UDP send (sendto with an address, as musl's DNS resolver does) is learned as
+/// an egress peer like a connect, so enforce mode lets the learned peer through and blocks
+/// others with EPERM (cgroup `sendmsg4`).
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_sends_to_learned_peers_pass_and_others_are_blocked() {
+    if !privileged("udp_sends_to_learned_peers_pass_and_others_are_blocked") {
+        return;
+    }
+    ensure_containerd();
+    let dir = TempDir::new("enforce-udp");
+    let modes = |mode: &str| {
+        format!("default: off\nworkloads:\n- {{workload: sender, namespace: qa, mode: {mode}}}\n")
+    };
+    let config = agent_config(dir.path(), &modes("learn"), 3600);
+    let agent = Agent::start_with(["--config".into(), config.into_os_string()]).await;
+    let mut client = agent.client().await;
+    let rootfs = Rootfs::busybox_with(&["sleep"]);
+    install_workload(&rootfs, "net_actions");
+    let send = |pod: &str, port: u16| {
+        run_container_with(
+            &container_id(),
+            &rootfs,
+            &labels(pod),
+            &[
+                "/bin/sh",
+                "-c",
+                &format!("/bin/sleep 2; /bin/net_actions sendto {port}"),
+            ],
+            &["--net-host"],
+        )
+    };
+    assert!(send("sender-0", 5353).contains("sent"));
+    wait_for_profile(&agent, &mut client, "sender", |p| p.egress >= 1).await;
+
+    agent_config(dir.path(), &modes("enforce"), 3600);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let learned = send("sender-1", 5353);
+    assert!(
+        learned.contains("sent"),
+        "the learned peer was blocked: {learned}"
+    );
+    let other = send("sender-2", 5354);
+    assert!(
+        other.contains("Operation not permitted"),
+        "an unlearned peer was not blocked: {other}"
+    );
+}

@@ -4,6 +4,10 @@
  * Every address used is on this machine: the container's own loopback (127.0.0.1, ::1) and
  * unix sockets inside the container. Nothing ever leaves the host.
  *
+ * Usage: net_actions sendto PORT
+ *   One UDP datagram from an unconnected socket to 127.0.0.1:PORT (sendto with an address);
+ *   prints "sent" or "sendto: <error>" and exits 0 either way.
+ *
  * Usage: net_actions all
  *   Brings the container's loopback up if it is down (needs CAP_NET_ADMIN in the container),
  *   then, in this order:
@@ -175,7 +179,25 @@ static void unix_abstract_round(void) {
     close(server);
 }
 
+static int sendto_once(int port) {
+    struct sockaddr_storage addr;
+    socklen_t len = inet_addr_of(AF_INET, "127.0.0.1", port, &addr);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket udp");
+    if (sendto(fd, "x", 1, 0, (struct sockaddr *)&addr, len) < 0) {
+        printf("sendto: %s\n", strerror(errno));
+    } else {
+        printf("sent\n");
+    }
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "sendto") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        return sendto_once(atoi(argv[2]));
+    }
     if (argc != 2 || strcmp(argv[1], "all") != 0) {
         fprintf(stderr, "usage: net_actions all\n");
         return 2;

@@ -51,6 +51,8 @@ static NET_SCRATCH: PerCpuArray<NetRecord> = PerCpuArray::with_max_entries(1, 0)
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG2: usize = 32;
+const ARG4: usize = 48;
+const ARG5: usize = 56;
 const EXIT_RET: usize = 16;
 
 const EPERM: i64 = 1;
@@ -73,6 +75,22 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx, EventKind::Connect);
+    0
+}
+
+// sendto(fd, buf, len, flags, dest_addr, addrlen): with an address, an unconnected datagram
+// send reaches a peer as a connect would (the DNS resolver of musl does this), so it is
+// reported as a connect to that peer: learned as an egress peer, judged by `sendmsg4/6`.
+// Without an address (every TCP send) nothing is kept.
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_sendto(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
     let _ = try_exit(&ctx, EventKind::Connect);
     0
 }
@@ -115,6 +133,27 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_enter(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
+    let address = matches!(kind, EventKind::Connect).then_some((ARG1, ARG2));
+    keep_call(ctx, kind, address)
+}
+
+#[inline(always)]
+fn try_enter_sendto(ctx: &TracePointContext) -> Result<(), i64> {
+    let dest: u64 = unsafe { ctx.read_at(ARG4) }?;
+    if dest == 0 {
+        return Ok(());
+    }
+    keep_call(ctx, EventKind::Connect, Some((ARG4, ARG5)))
+}
+
+/// Keeps a call of a traced cgroup until its exit: the fd and, when `address` gives the
+/// offsets of its pointer and length arguments, the peer address from the caller's memory.
+#[inline(always)]
+fn keep_call(
+    ctx: &TracePointContext,
+    kind: EventKind,
+    address: Option<(usize, usize)>,
+) -> Result<(), i64> {
     let (tid, pid) = current_ids();
     if is_agent(pid) || !is_traced(unsafe { bpf_get_current_cgroup_id() }) {
         return Ok(());
@@ -129,9 +168,9 @@ fn try_enter(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
             bytes: [0u8; NET_ADDR_LEN],
         },
     };
-    if matches!(kind, EventKind::Connect) {
-        let user_addr: u64 = unsafe { ctx.read_at(ARG1) }?;
-        let addr_len: i64 = unsafe { ctx.read_at(ARG2) }?;
+    if let Some((addr_at, len_at)) = address {
+        let user_addr: u64 = unsafe { ctx.read_at(addr_at) }?;
+        let addr_len: i64 = unsafe { ctx.read_at(len_at) }?;
         let len = if addr_len < 0 {
             0
         } else if addr_len as usize > NET_ADDR_LEN {

@@ -105,6 +105,10 @@ const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Classic("syscalls", "sys_exit_accept4"),
     ),
     (
+        "sys_exit_sendto",
+        Hook::Classic("syscalls", "sys_exit_sendto"),
+    ),
+    (
         "sys_enter_connect",
         Hook::Classic("syscalls", "sys_enter_connect"),
     ),
@@ -119,6 +123,10 @@ const PROGRAMS: &[(&str, Hook)] = &[
     (
         "sys_enter_accept4",
         Hook::Classic("syscalls", "sys_enter_accept4"),
+    ),
+    (
+        "sys_enter_sendto",
+        Hook::Classic("syscalls", "sys_enter_sendto"),
     ),
     // --- end of network sensor programs ---
     // --- syscall sensor programs ---
