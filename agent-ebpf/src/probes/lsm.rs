@@ -70,18 +70,29 @@ fn enforced() -> Option<CgroupPolicy> {
     (policy.mode == MODE_ENFORCE && !is_agent(current_ids().1)).then_some(policy)
 }
 
-#[lsm(hook = "file_open")]
-pub fn custos_file_open(ctx: LsmContext) -> i32 {
-    // A denial by an earlier LSM program stands.
-    let previous: i32 = ctx.arg(1);
+/// The return value of a hook whose last argument (`previous_arg`) is the previous LSM program's verdict:
+/// a denial by an earlier program stands; otherwise `decide` says, and "cannot tell" allows.
+#[inline(always)]
+fn hook_result(
+    ctx: &LsmContext,
+    previous_arg: usize,
+    decide: impl FnOnce(&LsmContext) -> Option<bool>,
+) -> i32 {
+    let previous: i32 = ctx.arg(previous_arg);
     if previous != 0 {
         return previous;
     }
-    if file_open_allowed(&ctx).unwrap_or(true) {
+    if decide(ctx).unwrap_or(true) {
         0
     } else {
+        count(Counter::LsmDenied);
         -EPERM
     }
+}
+
+#[lsm(hook = "file_open")]
+pub fn custos_file_open(ctx: LsmContext) -> i32 {
+    hook_result(&ctx, 1, file_open_allowed)
 }
 
 /// `None` when the kernel cannot tell; the open then goes ahead and user space judges it.
@@ -128,22 +139,13 @@ fn file_open_allowed(ctx: &LsmContext) -> Option<bool> {
     )?;
     if !allowed {
         let _ = BLOCKED_OPENS.insert(&current_ids().0, &1, 0);
-        count(Counter::LsmDenied);
     }
     Some(allowed)
 }
 
 #[lsm(hook = "bprm_check_security")]
 pub fn custos_bprm_check(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    if exec_allowed_by_lsm(&ctx).unwrap_or(true) {
-        0
-    } else {
-        -EPERM
-    }
+    hook_result(&ctx, 1, exec_allowed_by_lsm)
 }
 
 #[inline(always)]
@@ -166,7 +168,6 @@ fn exec_allowed_by_lsm(ctx: &LsmContext) -> Option<bool> {
     }
     let allowed = exec_allowed(policy.profile, path, (read - 1) as usize)?;
     if !allowed {
-        count(Counter::LsmDenied);
         // The exec fails, so `sched_process_exec` will not report it: send what
         // `sys_enter_execve` captured, marked blocked.
         let (tid, pid) = current_ids();
