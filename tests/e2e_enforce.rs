@@ -105,15 +105,7 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
         output.contains("finished"),
         "the learned run was stopped: {output}"
     );
-    let during_same = collect_until(&mut deviations, Duration::from_secs(2), |_| false).await;
-    let flagged: Vec<_> = during_same
-        .iter()
-        .filter(|e| workload(e).container_id == same_id)
-        .collect();
-    assert!(
-        flagged.is_empty(),
-        "the learned workload was flagged: {flagged:#?}"
-    );
+    assert_no_deviations(&mut deviations, &same_id, Duration::from_secs(2)).await;
 
     // Unlearned actions. A kill (without BPF LSM) hits the process that acted: the exec and the
     // shadow read are child processes, the write happens in a subshell, so the shell lives on.
@@ -162,35 +154,13 @@ async fn enforce_mode_stops_each_unlearned_action_and_reports_it_once() {
             "global rule ssh",
         ),
     ];
-    let odd = |e: &proto::Event| workload(e).container_id == odd_id;
-    let events = collect_until(&mut deviations, Duration::from_secs(10), |events| {
-        expected.iter().all(|(kind, observed, _, _)| {
-            events
-                .iter()
-                .filter(|e| odd(e))
-                .filter_map(deviation_of)
-                .any(|d| d.kind == *kind && d.observed == *observed)
-        })
-    })
-    .await;
-    let late = collect_until(&mut deviations, Duration::from_secs(1), |_| false).await;
-    let all: Vec<_> = events.iter().chain(&late).filter(|e| odd(e)).collect();
-    for (kind, observed, verdict, profile) in expected {
-        let matching: Vec<_> = all
-            .iter()
-            .filter_map(|e| deviation_of(e))
-            .filter(|d| d.kind == kind && d.observed == observed)
-            .collect();
-        assert_eq!(
-            matching.len(),
-            1,
-            "expected exactly one {kind} deviation {observed:?}; all deviations: {all:#?}\n{}",
-            agent.log()
-        );
-        let deviation = matching[0];
-        assert_eq!(deviation.verdict, verdict, "{deviation:#?}");
+    let wanted: Vec<(&str, &str)> = expected.iter().map(|e| (e.0, e.1)).collect();
+    let found = expect_each_deviation_once(&mut deviations, &odd_id, &wanted, || agent.log()).await;
+    for ((_, _, verdict, profile), event) in expected.iter().zip(&found) {
+        let deviation = deviation_of(event).unwrap();
+        assert_eq!(deviation.verdict, *verdict, "{deviation:#?}");
         assert_eq!(deviation.mode, "enforce");
-        assert_eq!(deviation.profile, profile);
+        assert_eq!(deviation.profile, *profile);
     }
 }
 

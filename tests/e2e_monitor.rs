@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use custos::api::proto;
 use support::*;
 
 fn modes(mode: &str) -> String {
@@ -58,15 +57,7 @@ async fn monitor_mode_flags_each_unlearned_action_once_and_lets_it_happen() {
     // The same workload: nothing to flag.
     let same_id = container_id();
     run_container(&same_id, &rootfs, &labels("watched-1"), &learned_run);
-    let during_same = collect_until(&mut deviations, Duration::from_secs(2), |_| false).await;
-    let flagged: Vec<_> = during_same
-        .iter()
-        .filter(|e| workload(e).container_id == same_id)
-        .collect();
-    assert!(
-        flagged.is_empty(),
-        "the learned workload was flagged: {flagged:#?}"
-    );
+    assert_no_deviations(&mut deviations, &same_id, Duration::from_secs(2)).await;
 
     // Unlearned actions: an exec, a read of /etc/shadow, a write, an outbound connect.
     let odd_id = container_id();
@@ -97,45 +88,21 @@ async fn monitor_mode_flags_each_unlearned_action_once_and_lets_it_happen() {
         ("exec", "/bin/nc (parent /bin/sh)"),
         ("connect", "tcp 127.0.0.1 port 9"),
     ];
-    let odd = |e: &proto::Event| workload(e).container_id == odd_id;
-    let events = collect_until(&mut deviations, Duration::from_secs(10), |events| {
-        expected.iter().all(|(kind, observed)| {
-            events
-                .iter()
-                .filter(|e| odd(e))
-                .filter_map(deviation_of)
-                .any(|d| d.kind == *kind && d.observed == *observed)
-        })
-    })
-    .await;
-    let late = collect_until(&mut deviations, Duration::from_secs(1), |_| false).await;
-    let all: Vec<_> = events.iter().chain(&late).filter(|e| odd(e)).collect();
-    for (kind, observed) in expected {
-        let matching: Vec<_> = all
-            .iter()
-            .filter_map(|e| deviation_of(e))
-            .filter(|d| d.kind == kind && d.observed == observed)
-            .collect();
-        assert_eq!(
-            matching.len(),
-            1,
-            "expected exactly one {kind} deviation {observed:?}; all deviations: {all:#?}"
-        );
-        let deviation = matching[0];
+    let found =
+        expect_each_deviation_once(&mut deviations, &odd_id, &expected, || agent.log()).await;
+    for ((_, observed), event) in expected.iter().zip(&found) {
+        let deviation = deviation_of(event).unwrap();
         assert_eq!(deviation.verdict, "alerted");
         assert_eq!(deviation.mode, "monitor");
         // Reading /etc/shadow breaks a global rule, whatever the profile says.
-        let profile = match observed {
+        let profile = match *observed {
             "/etc/shadow read" => "global rule shadowReads",
             _ => "watched-app",
         };
         assert_eq!(deviation.profile, profile);
         assert_eq!(deviation.count, 1);
     }
-    let shadow = all
-        .iter()
-        .find(|e| deviation_of(e).is_some_and(|d| d.observed == "/etc/shadow read"))
-        .unwrap();
+    let shadow = &found[1];
     assert_eq!(deviation_of(shadow).unwrap().severity, "critical");
     assert_eq!(workload(shadow).pod, "watched-2");
     let process = shadow.process.as_ref().expect("process");

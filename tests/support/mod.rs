@@ -546,3 +546,58 @@ pub async fn list_profiles(client: &mut CustosClient<Channel>) -> Vec<proto::Pro
         .into_inner()
         .profiles
 }
+
+/// Asserts that the container `container_id` gets no deviation on `stream` for `quiet`.
+pub async fn assert_no_deviations(
+    stream: &mut tonic::Streaming<proto::Event>,
+    container_id: &str,
+    quiet: Duration,
+) {
+    let events = collect_until(stream, quiet, |_| false).await;
+    let flagged: Vec<_> = events
+        .iter()
+        .filter(|e| workload(e).container_id == container_id)
+        .collect();
+    assert!(
+        flagged.is_empty(),
+        "the learned workload was flagged: {flagged:#?}"
+    );
+}
+
+/// Waits (10 s at most, then 1 s more for late duplicates) for one deviation of the container
+/// `container_id` per `(kind, observed)` in `expected`, asserts that each arrived exactly once,
+/// and returns their events in the order of `expected`. `context` (e.g. the agent's log) is
+/// printed on failure.
+pub async fn expect_each_deviation_once(
+    stream: &mut tonic::Streaming<proto::Event>,
+    container_id: &str,
+    expected: &[(&str, &str)],
+    context: impl Fn() -> String,
+) -> Vec<proto::Event> {
+    let ours = |e: &proto::Event| workload(e).container_id == container_id;
+    let matches = |e: &proto::Event, kind: &str, observed: &str| {
+        ours(e) && deviation_of(e).is_some_and(|d| d.kind == kind && d.observed == observed)
+    };
+    let events = collect_until(stream, Duration::from_secs(10), |events| {
+        expected
+            .iter()
+            .all(|(kind, observed)| events.iter().any(|e| matches(e, kind, observed)))
+    })
+    .await;
+    let late = collect_until(stream, Duration::from_secs(1), |_| false).await;
+    let all: Vec<proto::Event> = events.into_iter().chain(late).filter(ours).collect();
+    expected
+        .iter()
+        .map(|(kind, observed)| {
+            let matching: Vec<&proto::Event> =
+                all.iter().filter(|e| matches(e, kind, observed)).collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "expected exactly one {kind} deviation {observed:?}; all deviations: {all:#?}\n{}",
+                context()
+            );
+            matching[0].clone()
+        })
+        .collect()
+}
