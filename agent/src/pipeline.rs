@@ -204,7 +204,11 @@ pub fn normalize(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Reads records from one ring buffer until it fails, enriching and publishing each.
+/// How often the rings are drained whether or not the kernel woke the reader: records are
+/// submitted without a wakeup until a ring's backlog reaches 1 MiB (`wakeup_flags` in
+/// agent-ebpf/src/probes/common.rs), so this bounds how late a record is read.
+pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Reads both ring buffers until one fails, enriching and publishing each record.
 ///
 /// Records are handled in the order the kernel saw them (by timestamp), across both rings:
@@ -218,10 +222,13 @@ pub async fn run(readers: RecordReaders, enricher: Arc<Enricher>, hub: EventHub)
     let mut process_batch = Vec::with_capacity(256);
     let mut activity_batch = Vec::with_capacity(256);
     let mut batch = Vec::with_capacity(512);
+    let mut poll = tokio::time::interval(RING_POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let result = tokio::select! {
             result = process.read(&mut process_batch) => result,
             result = activity.read(&mut activity_batch) => result,
+            _ = poll.tick() => Ok(()),
         };
         // Whichever woke up, take what the other ring holds too, so that the sort below sees
         // every record written so far.

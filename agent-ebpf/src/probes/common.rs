@@ -1,6 +1,7 @@
 //! What every probe uses: settings from user space, the event ring buffer, counters, and the
 //! record header.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -28,6 +29,25 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// Activity records: file opens, network calls, syscall first uses.
 #[map]
 pub static ACTIVITY: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Backlog, in bytes, at which a submitted record wakes the reader: the record that takes a
+/// ring's unread data past it does. Below it nothing wakes user space, which drains both
+/// rings every `RING_POLL_INTERVAL` (agent/src/pipeline.rs) anyway. A wakeup per record (the
+/// ring buffer's default whenever the reader has caught up) costs the traced task an
+/// `irq_work` and the reader's wake-up: several microseconds each on a virtual machine, more
+/// than the rest of an exec's probes together.
+const WAKEUP_BACKLOG: u64 = 1 << 20;
+
+/// Flags to submit a record of `size` bytes to `ring` with: see [`WAKEUP_BACKLOG`].
+#[inline(always)]
+pub fn wakeup_flags(ring: &RingBuf, size: u64) -> u64 {
+    let backlog = ring.query(u64::from(BPF_RB_AVAIL_DATA));
+    if backlog >= WAKEUP_BACKLOG && backlog.saturating_sub(size) < WAKEUP_BACKLOG {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 /// cgroups whose activity is traced: the containers, inserted by user space as it learns of
 /// them. LRU: cgroups of containers long gone age out without user space cleaning up.

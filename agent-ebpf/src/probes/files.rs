@@ -44,7 +44,7 @@ use custos_ebpf::{
 
 use super::common::{
     ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
-    is_traced, remember_verdict,
+    is_traced, remember_verdict, wakeup_flags,
 };
 use super::lsm::{lsm_active, took_blocked_open};
 use super::policy::{kill_current, open_access, path_allowed, policy_of};
@@ -466,7 +466,10 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: `len` is at most the size of the record, which lives in a map value.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const FileOpenRecord).cast::<u8>(), len) };
-    if ACTIVITY.output::<[u8]>(bytes, 0).is_ok() {
+    if ACTIVITY
+        .output::<[u8]>(bytes, wakeup_flags(&ACTIVITY, len as u64))
+        .is_ok()
+    {
         count(Counter::ActivitySent);
     } else {
         count(Counter::ActivityDropped);

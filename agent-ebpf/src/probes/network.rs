@@ -33,7 +33,7 @@ use custos_ebpf::{
 use super::{
     common::{
         ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes,
-        is_agent, is_traced,
+        is_agent, is_traced, wakeup_flags,
     },
     policy::{net_allowed, policy_of},
 };
@@ -287,7 +287,10 @@ fn emit(
     };
     record.repeats = repeats;
     fill_header(&mut record.header, kind, tid, pid);
-    match ACTIVITY.output::<NetRecord>(&*record, 0) {
+    match ACTIVITY.output::<NetRecord>(
+        &*record,
+        wakeup_flags(&ACTIVITY, size_of::<NetRecord>() as u64),
+    ) {
         Ok(()) => count(Counter::ActivitySent),
         Err(_) => count(Counter::ActivityDropped),
     }

@@ -19,7 +19,9 @@ use custos_ebpf::{
     ExitRecord, ForkRecord, policy::MODE_ENFORCE,
 };
 
-use super::common::{EVENTS, config, count, current_ids, fill_header, is_agent, read_task_field};
+use super::common::{
+    EVENTS, config, count, current_ids, fill_header, is_agent, read_task_field, wakeup_flags,
+};
 use super::lsm::lsm_active;
 use super::policy::{exec_allowed, kill_current, policy_of};
 
@@ -144,7 +146,7 @@ pub(super) fn send_exec(tid: u32, pid: u32, args: &ExecArgs) {
         entry.discard(0);
         return;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags(&EVENTS, size_of::<ExecRecord>() as u64));
     count(Counter::EventsSent);
 }
 
@@ -241,7 +243,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
                 };
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags(&EVENTS, size_of::<ExecRecord>() as u64));
     count(Counter::EventsSent);
     Ok(())
 }
@@ -267,7 +269,7 @@ fn try_sched_process_exit() -> Result<(), i64> {
     let task = unsafe { bpf_get_current_task() };
     record.exit_code = read_task_field::<u32>(task, config().offsets.task_exit_code).unwrap_or(0);
     record._pad = 0;
-    entry.submit(0);
+    entry.submit(wakeup_flags(&EVENTS, size_of::<ExitRecord>() as u64));
     count(Counter::EventsSent);
     Ok(())
 }
@@ -302,7 +304,7 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     fill_header(&mut record.header, EventKind::Fork, tid, pid);
     record.child_pid = child_pid;
     record._pad = 0;
-    entry.submit(0);
+    entry.submit(wakeup_flags(&EVENTS, size_of::<ForkRecord>() as u64));
     count(Counter::EventsSent);
     Ok(())
 }

@@ -33,6 +33,7 @@ use custos_ebpf::{
 use super::{
     common::{
         ACTIVITY, count, current_ids, fill_header, is_agent, is_container_runtime, is_traced,
+        wakeup_flags,
     },
     policy::{kill_current, syscall_denied},
 };
@@ -112,7 +113,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_header(&mut record.header, EventKind::SyscallFirstUse, tid, pid);
     record.number = number;
     record.verdict = if killed { VERDICT_KILLED } else { VERDICT_NONE };
-    entry.submit(0);
+    entry.submit(wakeup_flags(&ACTIVITY, size_of::<SyscallRecord>() as u64));
     count(Counter::ActivitySent);
     Ok(())
 }
