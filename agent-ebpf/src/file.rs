@@ -71,11 +71,11 @@ impl OpenSyscall {
     }
 }
 
-/// An open in flight, kept per thread from syscall entry to exit (`PENDING_OPENS`). Only
-/// pointers and numbers: the strings are read at exit, and only if the open is sent.
+/// An open's arguments, read back from the saved registers at its exit. Only pointers and
+/// numbers: the strings are read only if the open is sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PendingOpen {
+pub struct OpenArgs {
     /// User-space address of the path argument.
     pub filename: u64,
     /// Open flags (`O_*`); for `creat`, `O_CREAT | O_WRONLY | O_TRUNC`.

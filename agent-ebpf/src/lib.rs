@@ -148,8 +148,9 @@ pub enum Counter {
     ActivityDropped = 4,
     /// Actions not sent because an identical one from the same cgroup was sent recently.
     RepeatsSuppressed = 5,
-    /// File opens whose arguments could not be kept between syscall entry and exit.
-    PendingOpenDropped = 6,
+    /// File opens not reported because their arguments could not be read back at exit (the
+    /// saved registers' place not learned yet, or not those of an open).
+    OpenArgsLost = 6,
     /// Network calls whose arguments could not be kept between syscall entry and exit.
     PendingNetDropped = 7,
     /// Syscall first uses not recorded because the per-cgroup bitmap map was full.
@@ -288,6 +289,13 @@ pub struct KernelOffsets {
     pub file_f_mode: u32,
     pub binprm_filename: u32,
     // --- end of enforcement offsets ---
+    // --- syscall argument offsets (probes/regs.rs): keep the count of u32s even ---
+    /// `task_struct.stack`
+    pub task_stack: u32,
+    /// `pt_regs.r10`, where the run of registers the probes read begins (`r10` .. `orig_ax`,
+    /// consecutive: checked against BTF)
+    pub pt_regs_r10: u32,
+    // --- end of syscall argument offsets ---
 }
 
 /// Settings written into the programs before load.

@@ -34,8 +34,10 @@ pub const DEFAULT_TESTS: &[&str] = &[
 ];
 
 /// Kernel command line: BPF LSM on (Debian's default list does not include it), output on the
-/// serial console, and a panic ends QEMU (`-no-reboot`) instead of hanging until the timeout.
-const KERNEL_ARGS: &str = "console=ttyS0 lsm=lockdown,capability,bpf panic=-1 quiet";
+/// serial console, and a panic ends QEMU (`-no-reboot`) instead of hanging until the timeout. A
+/// soft lockup panics too, and `loglevel=5` keeps boot quiet but prints its backtrace.
+const KERNEL_ARGS: &str =
+    "console=ttyS0 lsm=lockdown,capability,bpf panic=-1 loglevel=5 softlockup_panic=1";
 
 pub struct Options {
     /// Test targets (`[[test]]` names) to run in the guest.

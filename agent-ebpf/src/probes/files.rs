@@ -1,8 +1,9 @@
 //! File opens: `open`, `openat`, `openat2` and `creat`, with the opened file's path as seen from
 //! the task's root (its container), the mode asked for and the result.
 //!
-//! At syscall entry, for traced cgroups only, the arguments (pointers and numbers, no strings)
-//! are kept per thread in `PENDING_OPENS`. At exit:
+//! Only the syscalls' exits are traced: for traced cgroups only, the exit reads the arguments
+//! (pointers and numbers, no strings) back from the registers saved at entry (probes/regs.rs),
+//! so an open costs one program run, not two and a map entry. Then:
 //! - success: the new fd gives the `struct file` (`task->files->fdt->fd[fd]`). The repeat key is
 //!   its inode pointer plus the access/create/truncate bits, checked *before* any string work,
 //!   so a loop opening one file costs two map operations per open once suppressed. Only when the
@@ -26,7 +27,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
 use custos_ebpf::{
@@ -35,7 +36,7 @@ use custos_ebpf::{
         FILE_FLAG_NO_PATH, FILE_FLAG_OUTSIDE_ROOT, FILE_FLAG_PATH_IS_BASE,
         FILE_FLAG_PATH_TRUNCATED, FILE_FLAG_REQUESTED_TRUNCATED, FILE_MAX_DEPTH, FILE_NAME_LEN,
         FILE_OPEN_PATH_OFFSET, FILE_PATH_LEN, FILE_PATH_LIMIT, FILE_REQUESTED_LEN, FileOpenRecord,
-        OpenSyscall, PendingOpen,
+        OpenArgs, OpenSyscall,
     },
     policy::{
         CgroupPolicy, MODE_ENFORCE, VERDICT_ALERTED, VERDICT_BLOCKED, VERDICT_KILLED, VERDICT_NONE,
@@ -48,6 +49,7 @@ use super::common::{
 };
 use super::lsm::{lsm_active, took_blocked_open};
 use super::policy::{kill_current, open_access, path_allowed, policy_of};
+use super::regs::syscall_regs;
 
 const AT_FDCWD: i32 = -100;
 const O_ACCMODE: u32 = 0o3;
@@ -55,118 +57,78 @@ const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
 
-/// Opens in flight, by thread id. LRU: an entry whose exit was never seen (agent attached
-/// between entry and exit) ages out. 8192 threads inside an open at the same time is plenty.
-#[map]
-pub(super) static PENDING_OPENS: LruHashMap<u32, PendingOpen> =
-    LruHashMap::with_max_entries(8192, 0);
-
 /// One record per CPU to build in: ~4.7 KiB, far beyond the 512-byte stack.
 #[map]
 static OPEN_SCRATCH: PerCpuArray<FileOpenRecord> = PerCpuArray::with_max_entries(1, 0);
 
-// Offsets in the syscall tracepoints' records (8-byte common header, `__syscall_nr` padded to
-// 8, then one 8-byte slot per argument; see /sys/kernel/tracing/events/syscalls/*/format).
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
-const ARG3: usize = 40;
+// Offsets in the syscall exit tracepoints' records (8-byte common header, `__syscall_nr`
+// padded to 8, then `ret`; see /sys/kernel/tracing/events/syscalls/sys_exit_*/format).
+const EXIT_NR: usize = 8;
 const EXIT_RET: usize = 16;
 
-// open(filename, flags, mode)
-#[tracepoint]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, OpenSyscall::Open, AT_FDCWD, ARG0, ARG1, ARG2);
-    0
-}
+// x86-64 syscall numbers of the opens.
+const NR_OPEN: u64 = 2;
+const NR_CREAT: u64 = 85;
+const NR_OPENAT: u64 = 257;
+const NR_OPENAT2: u64 = 437;
 
-// openat(dfd, filename, flags, mode)
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    let dirfd = unsafe { ctx.read_at::<i64>(ARG0) }.map_or(AT_FDCWD, |fd| fd as i32);
-    let _ = try_enter(&ctx, OpenSyscall::Openat, dirfd, ARG1, ARG2, ARG3);
-    0
-}
-
-// creat(pathname, mode): open(pathname, O_CREAT | O_WRONLY | O_TRUNC, mode)
-#[tracepoint]
-pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, OpenSyscall::Creat, AT_FDCWD, ARG0, 0, ARG1);
-    0
-}
-
-// openat2(dfd, filename, how, usize): flags and mode are the first two u64 of `struct open_how`
-// in user memory.
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_openat2(&ctx);
-    0
-}
-
-/// Keeps the arguments of an open of a traced cgroup. `flags_at == 0` means creat.
+/// Whether `nr` is one of the open syscalls this sensor follows.
 #[inline(always)]
-fn try_enter(
-    ctx: &TracePointContext,
-    syscall: OpenSyscall,
-    dirfd: i32,
-    filename_at: usize,
-    flags_at: usize,
-    mode_at: usize,
-) -> Result<(), i64> {
-    let (tid, pid) = current_ids();
-    if is_agent(pid) || !is_traced(unsafe { bpf_get_current_cgroup_id() }) {
-        return Ok(());
-    }
-    let filename: u64 = unsafe { ctx.read_at(filename_at) }?;
-    let open_flags = if flags_at == 0 {
-        O_CREAT | O_WRONLY | O_TRUNC
-    } else {
-        unsafe { ctx.read_at::<u64>(flags_at) }? as u32
+pub(super) fn is_open_syscall(nr: u64) -> bool {
+    matches!(nr, NR_OPEN | NR_CREAT | NR_OPENAT | NR_OPENAT2)
+}
+
+/// The arguments of the open syscall `nr` the current task is returning from, read from its
+/// saved registers (probes/regs.rs).
+#[inline(always)]
+fn open_args(task: u64, nr: u64) -> Option<OpenArgs> {
+    let regs = syscall_regs(task, nr)?;
+    let (syscall, dirfd, filename, open_flags, mode) = match nr {
+        // open(filename, flags, mode)
+        NR_OPEN => (
+            OpenSyscall::Open,
+            AT_FDCWD,
+            regs.arg(0),
+            regs.arg(1) as u32,
+            regs.arg(2) as u32,
+        ),
+        // creat(pathname, mode): open(pathname, O_CREAT | O_WRONLY | O_TRUNC, mode)
+        NR_CREAT => (
+            OpenSyscall::Creat,
+            AT_FDCWD,
+            regs.arg(0),
+            O_CREAT | O_WRONLY | O_TRUNC,
+            regs.arg(1) as u32,
+        ),
+        // openat(dfd, filename, flags, mode)
+        NR_OPENAT => (
+            OpenSyscall::Openat,
+            regs.arg(0) as i32,
+            regs.arg(1),
+            regs.arg(2) as u32,
+            regs.arg(3) as u32,
+        ),
+        // openat2(dfd, filename, how, size): flags and mode are the first two u64 of
+        // `struct open_how` in user memory. A bad `how` failed the syscall with EFAULT; the
+        // open is still reported.
+        _ => {
+            let how = regs.arg(2);
+            (
+                OpenSyscall::Openat2,
+                regs.arg(0) as i32,
+                regs.arg(1),
+                unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0) as u32,
+                unsafe { bpf_probe_read_user((how + 8) as *const u64) }.unwrap_or(0) as u32,
+            )
+        }
     };
-    let mode = unsafe { ctx.read_at::<u64>(mode_at) }? as u32;
-    keep(
-        tid,
-        &PendingOpen {
-            filename,
-            open_flags,
-            mode,
-            dirfd,
-            syscall: syscall as u32,
-        },
-    );
-    Ok(())
-}
-
-#[inline(always)]
-fn try_enter_openat2(ctx: &TracePointContext) -> Result<(), i64> {
-    let (tid, pid) = current_ids();
-    if is_agent(pid) || !is_traced(unsafe { bpf_get_current_cgroup_id() }) {
-        return Ok(());
-    }
-    let dirfd = unsafe { ctx.read_at::<i64>(ARG0) }? as i32;
-    let filename: u64 = unsafe { ctx.read_at(ARG1) }?;
-    let how: u64 = unsafe { ctx.read_at(ARG2) }?;
-    // A bad `how` makes the syscall fail with EFAULT; the open is still reported.
-    let open_flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0) as u32;
-    let mode = unsafe { bpf_probe_read_user((how + 8) as *const u64) }.unwrap_or(0) as u32;
-    keep(
-        tid,
-        &PendingOpen {
-            filename,
-            open_flags,
-            mode,
-            dirfd,
-            syscall: OpenSyscall::Openat2 as u32,
-        },
-    );
-    Ok(())
-}
-
-#[inline(always)]
-fn keep(tid: u32, pending: &PendingOpen) {
-    if PENDING_OPENS.insert(&tid, pending, 0).is_err() {
-        count(Counter::PendingOpenDropped);
-    }
+    Some(OpenArgs {
+        filename,
+        open_flags,
+        mode,
+        dirfd,
+        syscall: syscall as u32,
+    })
 }
 
 /// One program for the exits of open, openat, openat2 and creat: their exit records share one
@@ -362,16 +324,18 @@ fn mode_bits(open_flags: u32) -> u64 {
 
 fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let (tid, pid) = current_ids();
-    let Some(pending) = PENDING_OPENS.get_ptr(&tid) else {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if is_agent(pid) || !is_traced(cgroup_id) {
+        return Ok(());
+    }
+    let nr = unsafe { ctx.read_at::<i32>(EXIT_NR) }? as u64;
+    let task = unsafe { bpf_get_current_task() };
+    let Some(pending) = open_args(task, nr) else {
+        count(Counter::OpenArgsLost);
         return Ok(());
     };
-    // SAFETY: a live value of this map, copied out before removing it.
-    let pending: PendingOpen = unsafe { *pending };
-    let _ = PENDING_OPENS.remove(&tid);
     let ret: i64 = unsafe { ctx.read_at(EXIT_RET) }?;
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let task = unsafe { bpf_get_current_task() };
     let record = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let record = unsafe { &mut *record };

@@ -19,9 +19,10 @@ use custos_ebpf::{
 
 use super::{
     common::{config, count, current_ids, is_agent},
-    files::{PENDING_OPENS, file_path, fs_path, read_at, walk_path},
+    files::{file_path, fs_path, is_open_syscall, read_at, walk_path},
     policy::{exec_allowed, path_allowed, policy_of},
     process::{PENDING_EXECS, send_exec},
+    regs::current_regs,
 };
 
 /// 1 once user space has attached the LSM hooks.
@@ -97,15 +98,17 @@ pub fn custos_file_open(ctx: LsmContext) -> i32 {
 
 /// `None` when the kernel cannot tell; the open then goes ahead and user space judges it.
 ///
-/// Only opens made by an open syscall the file sensor is following are judged here: its exit
-/// then reports the denial (verdict `blocked`). The kernel's own opens (the program file of an
+/// Only opens made by an open syscall (the saved registers say which syscall the task is in)
+/// are judged here: the file sensor follows those, and its exit then reports the denial (verdict `blocked`). The kernel's own opens (the program file of an
 /// exec, judged by `bprm_check_security` instead; io_uring; ...) are left alone, so nothing is
 /// ever denied without a report.
 #[inline(always)]
 fn file_open_allowed(ctx: &LsmContext) -> Option<bool> {
     let policy = enforced()?;
-    // SAFETY: only presence matters.
-    unsafe { PENDING_OPENS.get(&current_ids().0) }?;
+    let task = unsafe { bpf_get_current_task() };
+    if !is_open_syscall(current_regs(task)?.orig_ax) {
+        return None;
+    }
     let file: u64 = ctx.arg(0);
     let offsets = &config().offsets;
     let mode: u32 = read_at(file, offsets.file_f_mode)?;
@@ -117,7 +120,6 @@ fn file_open_allowed(ctx: &LsmContext) -> Option<bool> {
         (false, true) => ACCESS_WRITE,
         (true, true) => ACCESS_READ | ACCESS_WRITE,
     };
-    let task = unsafe { bpf_get_current_task() };
     let record = LSM_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let record = unsafe { &mut *record };

@@ -7,6 +7,7 @@ mod lsm;
 mod network;
 mod policy;
 mod process;
+mod regs;
 mod syscalls;
 
 #[panic_handler]

@@ -36,6 +36,7 @@ use super::{
         wakeup_flags,
     },
     policy::{kill_current, syscall_denied},
+    regs::learn_regs_offset,
 };
 
 /// Syscalls used, per cgroup id. A plain (not LRU) hash: a set must never be silently
@@ -43,7 +44,8 @@ use super::{
 #[map]
 static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCALL_SETS_MAX, 0);
 
-/// Index of `long id` among the `sys_enter` raw tracepoint's arguments (`regs`, `id`).
+/// Indexes of the `sys_enter` raw tracepoint's arguments (`struct pt_regs *regs`, `long id`).
+const SYS_ENTER_REGS_ARG: usize = 0;
 const SYS_ENTER_ID_ARG: usize = 1;
 
 const EEXIST: i32 = 17;
@@ -79,7 +81,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
         Some(set) => set,
-        None => first_set(cgroup_id)?,
+        None => {
+            learn_regs_offset(ctx.arg(SYS_ENTER_REGS_ARG));
+            first_set(cgroup_id)?
+        }
     };
     // SAFETY: a live value of this map; `word` < SYSCALL_WORDS by the mask above.
     let slot = unsafe { &mut (*set).words[word] };
@@ -87,6 +92,9 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     if known && !killed {
         return Ok(());
     }
+    // A traced cgroup's first syscalls all come through here before any of them returns,
+    // which is when the file sensor needs the registers' place (probes/regs.rs).
+    learn_regs_offset(ctx.arg(SYS_ENTER_REGS_ARG));
     // Rare from here on: a syscall this cgroup has not used before (or the agent itself, when
     // host processes are traced: its bits are never set, it is never reported), or a kill,
     // which is reported every time.

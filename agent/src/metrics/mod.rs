@@ -352,11 +352,12 @@ fn render_kernel(out: &mut Exposition, counters: Option<KernelCounters>) {
     out.family(
         "custos_kernel_pending_dropped_total",
         "counter",
-        "Syscalls whose entry could not be kept until their exit (table full): not reported.",
+        "Syscalls not reported because their arguments were lost between entry and exit: exec and \
+         network entries not kept (table full), opens whose saved registers could not be read.",
     );
     for (table, value) in [
         ("exec", c.pending_exec_dropped),
-        ("open", c.pending_open_dropped),
+        ("open", c.open_args_lost),
         ("network", c.pending_net_dropped),
     ] {
         out.sample(

@@ -119,6 +119,8 @@ pub enum BtfError {
     TooDeep { type_id: u32 },
     #[error("kernel BTF has no struct or union named `{struct_name}`")]
     StructNotFound { struct_name: String },
+    #[error("unexpected kernel struct layout: {what}")]
+    UnexpectedLayout { what: String },
     #[error(
         "invalid field path {path:?} for struct `{struct_name}`: it must be non-empty, with no empty segments"
     )]
@@ -601,6 +603,7 @@ impl KernelBtf {
         let ok = match expected {
             FieldKind::Pointer => kind == KIND_PTR,
             FieldKind::Int32 => matches!(kind, KIND_INT | KIND_ENUM) && size == 4,
+            FieldKind::Int64 => matches!(kind, KIND_INT | KIND_ENUM64) && size == 8,
             FieldKind::Int16 => matches!(kind, KIND_INT | KIND_ENUM) && size == 2,
             FieldKind::Struct16 => matches!(kind, KIND_STRUCT | KIND_UNION) && size == 16,
         };
@@ -670,6 +673,8 @@ fn parse_types(data: &[u8], range: std::ops::Range<usize>) -> Result<Vec<RawType
 enum FieldKind {
     Pointer,
     Int32,
+    /// An 8-byte integer (`pt_regs` registers).
+    Int64,
     /// A 2-byte integer (network sensor: ports, families, socket types).
     Int16,
     /// A 16-byte struct or union (network sensor: `struct in6_addr`).
@@ -681,6 +686,7 @@ impl FieldKind {
         match self {
             FieldKind::Pointer => "a pointer",
             FieldKind::Int32 => "a 4-byte integer",
+            FieldKind::Int64 => "an 8-byte integer",
             FieldKind::Int16 => "a 2-byte integer",
             FieldKind::Struct16 => "a 16-byte struct or union",
         }
@@ -761,7 +767,33 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         file_f_mode: btf.expect_field("file", &["f_mode"], FieldKind::Int32)?,
         binprm_filename: btf.expect_field("linux_binprm", &["filename"], FieldKind::Pointer)?,
         // --- end of enforcement offsets ---
+        // --- syscall argument offsets ---
+        task_stack: btf.expect_field("task_struct", &["stack"], FieldKind::Pointer)?,
+        pt_regs_r10: syscall_regs_start(btf)?,
+        // --- end of syscall argument offsets ---
     })
+}
+
+/// The `pt_regs` registers the probes read in one go, in the order `probes/regs.rs`'s
+/// `SyscallRegs` declares them.
+const SYSCALL_REGS: [&str; 9] = ["r10", "r9", "r8", "ax", "cx", "dx", "si", "di", "orig_ax"];
+
+/// Offset of `pt_regs.r10`, after checking that [`SYSCALL_REGS`] are consecutive 8-byte
+/// integers from there (the x86-64 layout).
+fn syscall_regs_start(btf: &KernelBtf) -> Result<u32, BtfError> {
+    let start = btf.expect_field("pt_regs", &[SYSCALL_REGS[0]], FieldKind::Int64)?;
+    for (index, name) in SYSCALL_REGS.iter().enumerate() {
+        let offset = btf.expect_field("pt_regs", &[name], FieldKind::Int64)?;
+        let expected = start + 8 * index as u32;
+        if offset != expected {
+            return Err(BtfError::UnexpectedLayout {
+                what: format!(
+                    "pt_regs.{name} is at byte {offset}, expected {expected} (x86-64 layout)"
+                ),
+            });
+        }
+    }
+    Ok(start)
 }
 
 #[cfg(test)]
@@ -963,6 +995,36 @@ mod tests {
 
     fn sample_btf() -> KernelBtf {
         KernelBtf::parse(sample().build()).expect("sample BTF parses")
+    }
+
+    /// A `pt_regs` with the registers the probes read, `r10` at byte 56 and, when `swap`, `si`
+    /// and `di` in the wrong order.
+    fn pt_regs_btf(swap: bool) -> KernelBtf {
+        let mut b = Builder::new();
+        let ulong = b.int("long unsigned int", 8);
+        let mut names: Vec<&str> = vec!["r15", "r14", "r13", "r12", "bp", "bx", "r11"];
+        names.extend(SYSCALL_REGS);
+        if swap {
+            let (si, di) = (names.len() - 3, names.len() - 2);
+            names.swap(si, di);
+        }
+        let members: Vec<(&str, u32, u32, u32)> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (*name, ulong, 64 * index as u32, 0))
+            .collect();
+        b.aggregate(KIND_STRUCT, "pt_regs", 8 * names.len() as u32, &members);
+        KernelBtf::parse(b.build()).expect("pt_regs BTF parses")
+    }
+
+    #[test]
+    fn syscall_registers_must_have_the_x86_64_layout() {
+        assert_eq!(syscall_regs_start(&pt_regs_btf(false)).unwrap(), 56);
+        let error = syscall_regs_start(&pt_regs_btf(true)).unwrap_err();
+        assert!(
+            matches!(&error, BtfError::UnexpectedLayout { what } if what.contains("pt_regs.si is at byte 112")),
+            "{error:?}"
+        );
     }
 
     #[test]
