@@ -151,8 +151,9 @@ pub enum Counter {
     /// File opens not reported because their arguments could not be read back at exit (the
     /// saved registers' place not learned yet, or not those of an open).
     OpenArgsLost = 6,
-    /// Network calls whose arguments could not be kept between syscall entry and exit.
-    PendingNetDropped = 7,
+    /// Network calls not reported because their arguments could not be read back at exit
+    /// (see `OpenArgsLost`).
+    NetArgsLost = 7,
     /// Syscall first uses not recorded because the per-cgroup bitmap map was full.
     SyscallSetsFull = 8,
     /// Processes sent SIGKILL for an exec or open outside their profile (enforce).

@@ -48,22 +48,9 @@ pub struct NetRecord {
     pub local: NetAddr,
 }
 
-/// What a network call looked like at syscall entry, kept per thread until its exit.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PendingNet {
-    /// An `EventKind` value: connect, listen or accept.
-    pub kind: u32,
-    /// The socket's fd (for accept, the listening socket's).
-    pub fd: i32,
-    /// connect: the address given by the caller.
-    pub addr: NetAddr,
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: `#[repr(C)]`, integers and integer arrays only, explicit padding.
     unsafe impl aya::Pod for super::NetAddr {}
     unsafe impl aya::Pod for super::NetRecord {}
-    unsafe impl aya::Pod for super::PendingNet {}
 }

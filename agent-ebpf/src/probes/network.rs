@@ -1,8 +1,8 @@
 //! Network sensor: outbound `connect`, inbound `listen` and `accept`/`accept4`.
 //!
-//! Each call is noted at `sys_enter_*` (the fd, and for connect the address the caller gave,
-//! which lives in its memory) into `PENDING_NET`, per thread, and sent from `sys_exit_*` with
-//! the result. The socket itself is read at exit through the fd table
+//! Each call is traced at its exit only, where its arguments (the fd, and for connect the
+//! address the caller gave, still in its memory) are read back from the registers saved at
+//! entry (probes/regs.rs) and sent with the result. The socket itself is read at exit through the fd table
 //! (`task->files->fdt->fd[fd]->private_data` is the `struct socket`), at offsets from BTF: its
 //! type and protocol, and the addresses the kernel keeps in `sock_common` (the listening
 //! address, the peer of an accepted connection, the local side of a connect).
@@ -21,12 +21,12 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel as probe_read_kernel_raw, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
 use custos_ebpf::{
     Counter, EventKind,
-    net::{AF_INET, AF_INET6, AF_UNIX, NET_ADDR_LEN, NetAddr, NetRecord, PendingNet},
+    net::{AF_INET, AF_INET6, AF_UNIX, NET_ADDR_LEN, NetAddr, NetRecord},
     policy::{NET_EGRESS, NET_LISTEN},
 };
 
@@ -36,23 +36,16 @@ use super::{
         is_agent, is_traced, wakeup_flags,
     },
     policy::{net_allowed, policy_of},
+    regs::syscall_regs,
 };
-
-/// Network calls in flight, by thread id. LRU: calls whose exit is never seen age out.
-#[map]
-static PENDING_NET: LruHashMap<u32, PendingNet> = LruHashMap::with_max_entries(8192, 0);
 
 /// One record per CPU to build in: it is too large for the stack.
 #[map]
 static NET_SCRATCH: PerCpuArray<NetRecord> = PerCpuArray::with_max_entries(1, 0);
 
-// Offsets in the syscall tracepoints' records: 8-byte common header, `__syscall_nr` padded to
-// 8, then the arguments (8 bytes each); at exit, `ret` after the same 16 bytes.
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
-const ARG4: usize = 48;
-const ARG5: usize = 56;
+// Offsets in the syscall exit tracepoints' records: 8-byte common header, `__syscall_nr`
+// padded to 8, then `ret`.
+const EXIT_NR: usize = 8;
 const EXIT_RET: usize = 16;
 
 const EPERM: i64 = 1;
@@ -67,162 +60,80 @@ const SOCK_RAW: u32 = 3;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 
+/// One program for the exits of connect, sendto, listen, accept and accept4: which one it is
+/// comes from the exit record's syscall number.
 #[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, EventKind::Connect);
+pub fn sys_exit_net(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, EventKind::Connect);
-    0
-}
+// x86-64 syscall numbers.
+const NR_CONNECT: u64 = 42;
+const NR_ACCEPT: u64 = 43;
+const NR_SENDTO: u64 = 44;
+const NR_LISTEN: u64 = 50;
+const NR_ACCEPT4: u64 = 288;
 
-// sendto(fd, buf, len, flags, dest_addr, addrlen): with an address, an unconnected datagram
-// send reaches a peer as a connect would (the DNS resolver of musl does this), so it is
-// reported as a connect to that peer: learned as an egress peer, judged by `sendmsg4/6`.
-// Without an address (every TCP send) nothing is kept.
-#[tracepoint]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_sendto(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, EventKind::Connect);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, EventKind::Listen);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, EventKind::Listen);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, EventKind::Accept);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, EventKind::Accept);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, EventKind::Accept);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx, EventKind::Accept);
-    0
-}
-
+/// A call of a traced cgroup, at its exit: which kind, its socket fd and, for connect and
+/// sendto, where the caller's peer address is (`(pointer, length)` from the saved registers;
+/// probes/regs.rs).
 #[inline(always)]
-fn try_enter(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
-    let address = matches!(kind, EventKind::Connect).then_some((ARG1, ARG2));
-    keep_call(ctx, kind, address)
-}
-
-#[inline(always)]
-fn try_enter_sendto(ctx: &TracePointContext) -> Result<(), i64> {
-    let dest: u64 = unsafe { ctx.read_at(ARG4) }?;
-    if dest == 0 {
-        return Ok(());
-    }
-    keep_call(ctx, EventKind::Connect, Some((ARG4, ARG5)))
-}
-
-/// Keeps a call of a traced cgroup until its exit: the fd and, when `address` gives the
-/// offsets of its pointer and length arguments, the peer address from the caller's memory.
-#[inline(always)]
-fn keep_call(
-    ctx: &TracePointContext,
-    kind: EventKind,
-    address: Option<(usize, usize)>,
-) -> Result<(), i64> {
+fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let (tid, pid) = current_ids();
     if is_agent(pid) || !is_traced(unsafe { bpf_get_current_cgroup_id() }) {
         return Ok(());
     }
-    let fd: i64 = unsafe { ctx.read_at(ARG0) }?;
-    let mut pending = PendingNet {
-        kind: kind as u32,
-        fd: fd as i32,
-        addr: NetAddr {
-            len: 0,
-            _pad: 0,
-            bytes: [0u8; NET_ADDR_LEN],
-        },
-    };
-    if let Some((addr_at, len_at)) = address {
-        let user_addr: u64 = unsafe { ctx.read_at(addr_at) }?;
-        let addr_len: i64 = unsafe { ctx.read_at(len_at) }?;
-        let len = if addr_len < 0 {
-            0
-        } else if addr_len as usize > NET_ADDR_LEN {
-            NET_ADDR_LEN as u32
-        } else {
-            addr_len as u32
-        };
-        // SAFETY: a probe read into a buffer of NET_ADDR_LEN bytes, `len` <= NET_ADDR_LEN.
-        let read = unsafe {
-            bpf_probe_read_user(
-                pending.addr.bytes.as_mut_ptr().cast(),
-                len,
-                user_addr as *const core::ffi::c_void,
-            )
-        };
-        pending.addr.len = if read == 0 { len } else { 0 };
-    }
-    if PENDING_NET.insert(&tid, &pending, 0).is_err() {
-        count(Counter::PendingNetDropped);
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn try_exit(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> {
-    let (tid, pid) = current_ids();
-    let Some(pending) = PENDING_NET.get_ptr(&tid) else {
+    let nr = unsafe { ctx.read_at::<i32>(EXIT_NR) }? as u64;
+    let Some(regs) = syscall_regs(unsafe { bpf_get_current_task() }, nr) else {
+        count(Counter::NetArgsLost);
         return Ok(());
     };
-    let result = emit(ctx, kind, tid, pid, pending);
-    let _ = PENDING_NET.remove(&tid);
-    result
-}
-
-#[inline(always)]
-fn emit(
-    ctx: &TracePointContext,
-    kind: EventKind,
-    tid: u32,
-    pid: u32,
-    pending: *const PendingNet,
-) -> Result<(), i64> {
-    // SAFETY: a live value of PENDING_NET; only this thread uses its entry.
-    let pending = unsafe { &*pending };
-    if pending.kind != kind as u32 {
-        return Ok(());
-    }
+    let (kind, address) = match nr {
+        NR_CONNECT => (EventKind::Connect, Some((regs.arg(1), regs.arg(2)))),
+        // sendto(fd, buf, len, flags, dest_addr, addrlen): with an address, an unconnected
+        // datagram send reaches a peer as a connect would (musl's DNS resolver does this), so
+        // it is reported as a connect to that peer: learned as an egress peer, judged by
+        // `sendmsg4/6`. Without one (every TCP send) it is not an action.
+        NR_SENDTO if regs.arg(4) != 0 => (EventKind::Connect, Some((regs.arg(4), regs.arg(5)))),
+        NR_LISTEN => (EventKind::Listen, None),
+        NR_ACCEPT | NR_ACCEPT4 => (EventKind::Accept, None),
+        _ => return Ok(()),
+    };
     let ret: i64 = unsafe { ctx.read_at(EXIT_RET) }?;
     // A non-blocking accept with nothing queued is not an action.
     if matches!(kind, EventKind::Accept) && ret == -EAGAIN {
         return Ok(());
     }
+    let fd = regs.arg(0) as i32;
+    emit(kind, tid, pid, fd, address, ret)
+}
+
+/// Reads the peer address the caller gave (user memory) into `addr`; an unreadable one is left
+/// empty.
+#[inline(always)]
+fn read_user_address(addr: &mut NetAddr, user_addr: u64, addr_len: u64) {
+    let len = (addr_len as i64).clamp(0, NET_ADDR_LEN as i64) as u32;
+    // SAFETY: a probe read into a buffer of NET_ADDR_LEN bytes, `len` <= NET_ADDR_LEN.
+    let read = unsafe {
+        bpf_probe_read_user(
+            addr.bytes.as_mut_ptr().cast(),
+            len,
+            user_addr as *const core::ffi::c_void,
+        )
+    };
+    addr.len = if read == 0 { len } else { 0 };
+}
+
+#[inline(always)]
+fn emit(
+    kind: EventKind,
+    tid: u32,
+    pid: u32,
+    fd: i32,
+    address: Option<(u64, u64)>,
+    ret: i64,
+) -> Result<(), i64> {
     let record = NET_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let record = unsafe { &mut *record };
@@ -237,7 +148,7 @@ fn emit(
     let sock_fd = if matches!(kind, EventKind::Accept) && ret >= 0 {
         ret as i32
     } else {
-        pending.fd
+        fd
     };
     let sk = if ret == -EBADF || ret == -ENOTSOCK {
         0
@@ -256,7 +167,9 @@ fn emit(
 
     match kind {
         EventKind::Connect => {
-            record.remote = pending.addr;
+            if let Some((user_addr, addr_len)) = address {
+                read_user_address(&mut record.remote, user_addr, addr_len);
+            }
             sock_address(sk, false, &mut record.local);
         }
         EventKind::Listen => sock_address(sk, false, &mut record.remote),

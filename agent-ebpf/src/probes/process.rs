@@ -1,7 +1,7 @@
 //! Process lifecycle: exec (with its path and arguments) and exit (with its status).
 //!
 //! Arguments live in the caller's memory, which a successful exec replaces, so they are read at
-//! `sys_enter_execve`/`sys_enter_execveat` into `PENDING_EXECS` (per thread) and sent from
+//! syscall entry (`sys_enter_exec`, tail-called from the raw `sys_enter`) into `PENDING_EXECS` (per thread) and sent from
 //! `sched_process_exec`, which only fires for execs that succeeded.
 use aya_ebpf::{
     EbpfContext as _,
@@ -9,9 +9,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel_buf,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use custos_ebpf::{
     Counter, EXEC_ARGV_LIMIT, EXEC_FLAG_ARGV_MISSING, EXEC_FLAG_ARGV_TRUNCATED, EXEC_FLAG_KILLED,
@@ -24,6 +24,8 @@ use super::common::{
 };
 use super::lsm::lsm_active;
 use super::policy::{exec_allowed, kill_current, policy_of};
+use super::regs::regs_at;
+use super::syscalls::{SYS_ENTER_ID_ARG, SYS_ENTER_REGS_ARG};
 
 const AT_FDCWD: i32 = -100;
 
@@ -36,53 +38,49 @@ pub(super) static PENDING_EXECS: LruHashMap<u32, ExecArgs> = LruHashMap::with_ma
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecArgs> = PerCpuArray::with_max_entries(1, 0);
 
-// Offsets in the syscall tracepoints' records (stable across kernels: 8-byte common header,
-// then `__syscall_nr` padded to 8, then the arguments, 8 bytes each).
-const EXECVE_FILENAME: usize = 16;
-const EXECVE_ARGV: usize = 24;
-const EXECVEAT_FD: usize = 16;
-const EXECVEAT_FILENAME: usize = 24;
-const EXECVEAT_ARGV: usize = 32;
 // Offsets in `sched_process_exec`'s record.
 const SCHED_EXEC_FILENAME_LOC: usize = 8;
 const SCHED_EXEC_OLD_PID: usize = 16;
 
-#[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    let _ = try_capture_exec(&ctx, AT_FDCWD, EXECVE_FILENAME, EXECVE_ARGV);
-    0
-}
+// x86-64 syscall numbers.
+pub(super) const NR_EXECVE: i64 = 59;
+pub(super) const NR_EXECVEAT: i64 = 322;
 
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    let dirfd = unsafe { ctx.read_at::<i64>(EXECVEAT_FD) }.map_or(AT_FDCWD, |fd| fd as i32);
-    let _ = try_capture_exec(&ctx, dirfd, EXECVEAT_FILENAME, EXECVEAT_ARGV);
+/// Captures an exec's path and arguments at syscall entry. Not attached itself: the raw
+/// `sys_enter` program (probes/syscalls.rs) tail-calls it for execve and execveat, so no
+/// classic `syscalls:sys_enter_*` program is attached at all and no syscall of the node pays
+/// for their dispatch (docs/architecture.md, "Performance").
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = try_capture_exec(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_capture_exec(
-    ctx: &TracePointContext,
-    dirfd: i32,
-    filename_offset: usize,
-    argv_offset: usize,
-) -> Result<(), i64> {
+fn try_capture_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tid, pid) = current_ids();
     if is_agent(pid) {
         return Ok(());
     }
+    let regs = regs_at(ctx.arg(SYS_ENTER_REGS_ARG)).ok_or(0i64)?;
+    // execve(filename, argv, envp); execveat(dirfd, filename, argv, envp, flags)
+    let id: i64 = ctx.arg(SYS_ENTER_ID_ARG);
+    let (dirfd, filename, argv) = if id == NR_EXECVEAT {
+        (regs.arg(0) as i32, regs.arg(1), regs.arg(2))
+    } else {
+        (AT_FDCWD, regs.arg(0), regs.arg(1))
+    };
     let args = EXEC_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let args = unsafe { &mut *args };
     args.flags = 0;
     args.dirfd = dirfd;
 
-    let filename: *const u8 = unsafe { ctx.read_at(filename_offset) }?;
     let path_len = unsafe {
         bpf_probe_read_user_str(
             args.path.as_mut_ptr().cast(),
             EXEC_PATH_LEN as u32,
-            filename.cast(),
+            filename as *const core::ffi::c_void,
         )
     };
     args.path_len = if path_len > 0 {
@@ -94,8 +92,7 @@ fn try_capture_exec(
         args.flags |= EXEC_FLAG_PATH_TRUNCATED;
     }
 
-    let argv: *const *const u8 = unsafe { ctx.read_at(argv_offset) }?;
-    args.argv_len = read_argv(argv, args) as u32;
+    args.argv_len = read_argv(argv as *const *const u8, args) as u32;
 
     if exec_denied_in_enforce(args) {
         // The process dies before the new program runs, and the exec itself is cut short by

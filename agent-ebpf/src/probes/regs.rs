@@ -76,6 +76,17 @@ pub fn learn_regs_offset(regs: u64) {
     }
 }
 
+/// The saved registers at `regs` (a `struct pt_regs *`, as `sys_enter` is handed).
+#[inline(always)]
+pub fn regs_at(regs: u64) -> Option<SyscallRegs> {
+    if regs == 0 {
+        return None;
+    }
+    let at = regs + u64::from(config().offsets.pt_regs_r10);
+    // SAFETY: a probe read; a bad address makes the helper fail, not fault.
+    unsafe { bpf_probe_read_kernel(at as *const SyscallRegs) }.ok()
+}
+
 /// The current syscall's saved registers, if they are known and belong to syscall `nr`.
 #[inline(always)]
 pub fn syscall_regs(task: u64, nr: u64) -> Option<SyscallRegs> {
@@ -95,7 +106,5 @@ pub fn current_regs(task: u64) -> Option<SyscallRegs> {
     if stack == 0 {
         return None;
     }
-    let at = stack + offset + u64::from(config().offsets.pt_regs_r10);
-    // SAFETY: a probe read; a bad address makes the helper fail, not fault.
-    unsafe { bpf_probe_read_kernel(at as *const SyscallRegs) }.ok()
+    regs_at(stack + offset)
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
     macros::{map, raw_tracepoint},
-    maps::HashMap,
+    maps::{HashMap, ProgramArray},
     programs::RawTracePointContext,
 };
 use custos_ebpf::{
@@ -36,6 +36,7 @@ use super::{
         wakeup_flags,
     },
     policy::{kill_current, syscall_denied},
+    process::{NR_EXECVE, NR_EXECVEAT},
     regs::learn_regs_offset,
 };
 
@@ -45,8 +46,15 @@ use super::{
 static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCALL_SETS_MAX, 0);
 
 /// Indexes of the `sys_enter` raw tracepoint's arguments (`struct pt_regs *regs`, `long id`).
-const SYS_ENTER_REGS_ARG: usize = 0;
-const SYS_ENTER_ID_ARG: usize = 1;
+pub(super) const SYS_ENTER_REGS_ARG: usize = 0;
+pub(super) const SYS_ENTER_ID_ARG: usize = 1;
+
+/// Programs `sys_enter` hands some syscalls on to (a tail call, same context), filled by user
+/// space before `sys_enter` is attached.
+#[map]
+static SYS_ENTER_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// `SYS_ENTER_TAILS` slot of `sys_enter_exec` (probes/process.rs).
+const TAIL_EXEC: u32 = 0;
 
 const EEXIST: i32 = 17;
 
@@ -55,6 +63,13 @@ const EEXIST: i32 = 17;
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let _ = try_sys_enter(&ctx);
+    let id: i64 = ctx.arg(SYS_ENTER_ID_ARG);
+    if id == NR_EXECVE || id == NR_EXECVEAT {
+        // SAFETY: a tail call with this program's own context. It does not return when it
+        // succeeds; if the slot is empty, the exec is reported from `sched_process_exec`
+        // without its arguments (`argv_missing`).
+        let _ = unsafe { SYS_ENTER_TAILS.tail_call(&ctx, TAIL_EXEC) };
+    }
     0
 }
 

@@ -352,13 +352,14 @@ fn render_kernel(out: &mut Exposition, counters: Option<KernelCounters>) {
     out.family(
         "custos_kernel_pending_dropped_total",
         "counter",
-        "Syscalls not reported because their arguments were lost between entry and exit: exec and \
-         network entries not kept (table full), opens whose saved registers could not be read.",
+        "Syscalls not reported because their arguments were lost between entry and exit: exec \
+         entries not kept (table full), opens and network calls whose saved registers could not \
+         be read.",
     );
     for (table, value) in [
         ("exec", c.pending_exec_dropped),
         ("open", c.open_args_lost),
-        ("network", c.pending_net_dropped),
+        ("network", c.net_args_lost),
     ] {
         out.sample(
             "custos_kernel_pending_dropped_total",

@@ -3,7 +3,7 @@ use std::{io, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
 };
 use custos_ebpf::{
@@ -43,14 +43,6 @@ const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Classic("sched", "sched_process_exit"),
     ),
     ("sched_process_fork", Hook::Btf("sched_process_fork")),
-    (
-        "sys_enter_execve",
-        Hook::Classic("syscalls", "sys_enter_execve"),
-    ),
-    (
-        "sys_enter_execveat",
-        Hook::Classic("syscalls", "sys_enter_execveat"),
-    ),
     // --- file sensor programs ---
     // Exits only: they read the arguments back from the saved registers (probes/regs.rs).
     (
@@ -71,46 +63,17 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ),
     // --- end of file sensor programs ---
     // --- network sensor programs ---
-    // Exits before entries, so that no noted call waits for a consumer not yet attached.
+    // Exits only, like the file sensor's.
     (
-        "sys_exit_connect",
+        "sys_exit_net",
         Hook::Classic("syscalls", "sys_exit_connect"),
     ),
+    ("sys_exit_net", Hook::Classic("syscalls", "sys_exit_sendto")),
+    ("sys_exit_net", Hook::Classic("syscalls", "sys_exit_listen")),
+    ("sys_exit_net", Hook::Classic("syscalls", "sys_exit_accept")),
     (
-        "sys_exit_listen",
-        Hook::Classic("syscalls", "sys_exit_listen"),
-    ),
-    (
-        "sys_exit_accept",
-        Hook::Classic("syscalls", "sys_exit_accept"),
-    ),
-    (
-        "sys_exit_accept4",
+        "sys_exit_net",
         Hook::Classic("syscalls", "sys_exit_accept4"),
-    ),
-    (
-        "sys_exit_sendto",
-        Hook::Classic("syscalls", "sys_exit_sendto"),
-    ),
-    (
-        "sys_enter_connect",
-        Hook::Classic("syscalls", "sys_enter_connect"),
-    ),
-    (
-        "sys_enter_listen",
-        Hook::Classic("syscalls", "sys_enter_listen"),
-    ),
-    (
-        "sys_enter_accept",
-        Hook::Classic("syscalls", "sys_enter_accept"),
-    ),
-    (
-        "sys_enter_accept4",
-        Hook::Classic("syscalls", "sys_enter_accept4"),
-    ),
-    (
-        "sys_enter_sendto",
-        Hook::Classic("syscalls", "sys_enter_sendto"),
     ),
     // --- end of network sensor programs ---
     // --- syscall sensor programs ---
@@ -180,7 +143,8 @@ pub struct KernelCounters {
     pub repeats_suppressed: u64,
     /// Opens not reported: arguments unreadable at exit (see `Counter::OpenArgsLost`).
     pub open_args_lost: u64,
-    pub pending_net_dropped: u64,
+    /// Network calls not reported: arguments unreadable at exit.
+    pub net_args_lost: u64,
     pub syscall_sets_full: u64,
     pub processes_killed: u64,
     pub network_blocked: u64,
@@ -261,6 +225,7 @@ impl Sensors {
             .map_err(|error| SensorError::Load(Box::new(error)))?;
         let aya_btf = aya::Btf::from_sys_fs()
             .map_err(|error| SensorError::Load(Box::new(aya::EbpfError::BtfError(error))))?;
+        fill_tail_calls(&mut ebpf)?;
         for &(name, hook) in PROGRAMS {
             attach(&mut ebpf, name, hook, &aya_btf)?;
         }
@@ -316,7 +281,7 @@ impl Sensors {
             activity_dropped: sum(Counter::ActivityDropped)?,
             repeats_suppressed: sum(Counter::RepeatsSuppressed)?,
             open_args_lost: sum(Counter::OpenArgsLost)?,
-            pending_net_dropped: sum(Counter::PendingNetDropped)?,
+            net_args_lost: sum(Counter::NetArgsLost)?,
             syscall_sets_full: sum(Counter::SyscallSetsFull)?,
             processes_killed: sum(Counter::ProcessesKilled)?,
             network_blocked: sum(Counter::NetworkBlocked)?,
@@ -472,6 +437,44 @@ pub struct PolicyMaps {
     pub execs: aya::maps::HashMap<MapData, ExecRuleKey, u32>,
     pub nets: aya::maps::HashMap<MapData, NetRuleKey, u32>,
     pub generation: aya::maps::Array<MapData, u32>,
+}
+
+/// Programs the raw `sys_enter` tail-calls, by slot of its `SYS_ENTER_TAILS` map (see
+/// agent-ebpf/src/probes/syscalls.rs): loaded, not attached.
+const SYS_ENTER_TAILS: &[(u32, &str)] = &[(0, "sys_enter_exec")];
+
+/// Loads the tail-called programs and puts them in their slots, before `sys_enter` is attached.
+fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    const MAP: &str = "SYS_ENTER_TAILS";
+    let map_error = |source| SensorError::Map {
+        name: MAP,
+        source: Box::new(source),
+    };
+    for &(slot, name) in SYS_ENTER_TAILS {
+        let program_error = |source| SensorError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(SensorError::Missing(name))?
+            .try_into()
+            .map_err(program_error)?;
+        program.load().map_err(program_error)?;
+        let fd = program
+            .fd()
+            .map_err(program_error)?
+            .try_clone()
+            .map_err(|error| SensorError::Program {
+                name,
+                source: Box::new(aya::programs::ProgramError::IOError(error)),
+            })?;
+        let mut tails = ProgramArray::try_from(ebpf.map_mut(MAP).ok_or(SensorError::Missing(MAP))?)
+            .map_err(map_error)?;
+        tails.set(slot, &fd, 0).map_err(map_error)?;
+        debug!(program = name, slot, "tail call ready");
+    }
+    Ok(())
 }
 
 fn attach(
