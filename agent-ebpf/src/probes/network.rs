@@ -113,7 +113,17 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// empty.
 #[inline(always)]
 fn read_user_address(addr: &mut NetAddr, user_addr: u64, addr_len: u64) {
-    let len = (addr_len as i64).clamp(0, NET_ADDR_LEN as i64) as u32;
+    // One volatile read: `addr_len` lives in the registers read onto the stack, and LLVM would
+    // otherwise load it again from there for the call, after the checks, as a value 6.1's
+    // verifier knows no bounds of ("R2 min value is negative").
+    let addr_len = unsafe { core::ptr::read_volatile(&addr_len) } as i64;
+    let len = if addr_len < 0 {
+        0
+    } else if addr_len as usize > NET_ADDR_LEN {
+        NET_ADDR_LEN as u32
+    } else {
+        addr_len as u32
+    };
     // SAFETY: a probe read into a buffer of NET_ADDR_LEN bytes, `len` <= NET_ADDR_LEN.
     let read = unsafe {
         bpf_probe_read_user(

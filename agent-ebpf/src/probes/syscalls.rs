@@ -2,7 +2,8 @@
 //! `SYSCALL_SETS`, with one record the first time a cgroup enters a syscall.
 //!
 //! `raw_syscalls:sys_enter` fires for every syscall on the machine, so the path taken by all
-//! but first uses is kept to: cgroup id, traced?, map lookup, bit test, return.
+//! but first uses is kept to: cgroup id, one map lookup (the set, which also says "traced"),
+//! bit test, return.
 //!
 //! Blocking is opt-in per profile (`syscallPolicy: kill`): for a container in enforce mode
 //! whose profile opted in, a syscall outside the profile's set (`SYSCALL_RULES`, checked on
@@ -32,7 +33,7 @@ use custos_ebpf::{
 
 use super::{
     common::{
-        ACTIVITY, count, current_ids, fill_header, is_agent, is_container_runtime, is_traced,
+        ACTIVITY, config, count, current_ids, fill_header, is_agent, is_container_runtime,
         wakeup_flags,
     },
     policy::{kill_current, syscall_denied},
@@ -40,8 +41,9 @@ use super::{
     regs::learn_regs_offset,
 };
 
-/// Syscalls used, per cgroup id. A plain (not LRU) hash: a set must never be silently
-/// forgotten while its cgroup lives; user space deletes the sets of cgroups that are gone.
+/// Syscalls used, per cgroup id; a cgroup without a set is not traced here. A plain (not LRU)
+/// hash: a set must never be silently forgotten while its cgroup lives. User space inserts the
+/// (empty) sets of the containers it traces and deletes those of cgroups that are gone.
 #[map]
 static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCALL_SETS_MAX, 0);
 
@@ -76,9 +78,17 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !is_traced(cgroup_id) {
-        return Ok(());
-    }
+    // The set is looked up first: it doubles as "traced", so a container's syscall costs one
+    // map lookup, not two. User space gives a container an empty set when it starts tracing
+    // it; host processes get one here, only when they are traced too.
+    let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
+        Some(set) => set,
+        None if config().trace_host != 0 => {
+            learn_regs_offset(ctx.arg(SYS_ENTER_REGS_ARG));
+            first_set(cgroup_id)?
+        }
+        None => return Ok(()),
+    };
     let id: i64 = ctx.arg(SYS_ENTER_ID_ARG);
     if id < 0 || id >= i64::from(SYSCALL_MAX) {
         return Ok(());
@@ -94,13 +104,6 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     if killed {
         kill_current();
     }
-    let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
-        Some(set) => set,
-        None => {
-            learn_regs_offset(ctx.arg(SYS_ENTER_REGS_ARG));
-            first_set(cgroup_id)?
-        }
-    };
     // SAFETY: a live value of this map; `word` < SYSCALL_WORDS by the mask above.
     let slot = unsafe { &mut (*set).words[word] };
     let known = *slot & bit != 0;

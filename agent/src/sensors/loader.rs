@@ -166,6 +166,8 @@ pub struct RecordReaders {
 /// User space's handle on the set of traced cgroups (`TRACED_CGROUPS`).
 pub struct TracedCgroups {
     map: std::sync::Mutex<aya::maps::HashMap<MapData, u64, u32>>,
+    /// The syscall sensor's `SYSCALL_SETS`: a traced container gets its (empty) set there.
+    syscall_sets: std::sync::Mutex<super::syscalls::KernelMapHandle>,
     /// What was inserted, so that the hot path does not make a syscall per event.
     known: dashmap::DashSet<u64>,
 }
@@ -180,12 +182,18 @@ impl TracedCgroups {
             .map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match map.insert(cgroup_id, 1, 0) {
-            Ok(()) => {
-                self.known.insert(cgroup_id);
-                debug!(cgroup_id, "tracing activity of cgroup");
-            }
-            Err(error) => warn!(cgroup_id, %error, "cannot trace cgroup"),
+        if let Err(error) = map.insert(cgroup_id, 1, 0) {
+            warn!(cgroup_id, %error, "cannot trace cgroup");
+            return;
+        }
+        self.known.insert(cgroup_id);
+        debug!(cgroup_id, "tracing activity of cgroup");
+        let mut sets = self
+            .syscall_sets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(error) = sets.give_empty_set(cgroup_id) {
+            warn!(cgroup_id, %error, "cannot trace the syscalls of cgroup (SYSCALL_SETS full?)");
         }
     }
 
@@ -243,6 +251,7 @@ impl Sensors {
                     source: Box::new(source),
                 }
             })?),
+            syscall_sets: std::sync::Mutex::new(super::syscalls::open_kernel_map(&ebpf)?),
             known: dashmap::DashSet::new(),
         };
         info!(

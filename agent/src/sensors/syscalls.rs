@@ -263,6 +263,27 @@ pub fn numbers(bits: &SyscallBits) -> impl Iterator<Item = u32> + '_ {
 /// An open handle on the kernel's `SYSCALL_SETS` map.
 pub struct KernelMapHandle(KernelMap);
 
+/// `BPF_NOEXIST` map update flag: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+impl KernelMapHandle {
+    /// Gives `cgroup_id` an empty set unless it has one: `sys_enter` records the syscalls of a
+    /// container only once it has a set (the set doubles as "traced" there).
+    pub fn give_empty_set(&mut self, cgroup_id: u64) -> Result<(), aya::maps::MapError> {
+        match self
+            .0
+            .insert(cgroup_id, SyscallBits::default(), BPF_NOEXIST)
+        {
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// A handle of its own on the loaded programs' map `name`, opened by id, so that it lives
 /// independently of the loaded object (no lock shared with the rest of the sensors).
 fn own_map(ebpf: &aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, SensorError> {
