@@ -26,6 +26,10 @@ pub enum Command {
     Events(EventsArgs),
     /// Behaviour profiles: learning status, export, import, merge, diff, seccomp.
     Profiles(crate::profile_commands::ProfilesArgs),
+    /// Attach empty programs to the agent's hooks until interrupted: the floor condition of
+    /// `cargo xtask bench` (needs root).
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 /// Flags of `custos agent`. Each one, when given, overrides the configuration file (or the

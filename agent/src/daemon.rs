@@ -288,6 +288,16 @@ fn status_provider(node: String, sensors: SharedSensors) -> StatusProvider {
     })
 }
 
+/// `custos bench-floor`: empty programs on every hook the sensors use, until SIGINT or
+/// SIGTERM; prints `attached` once they are (`cargo xtask bench` waits for that line).
+pub async fn bench_floor() -> anyhow::Result<()> {
+    let floor = crate::sensors::attach_floor().context("attaching the empty programs")?;
+    println!("attached");
+    shutdown_signal().await;
+    drop(floor);
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => custos::daemon::run(args).await,
             Command::Events(args) => custos::client::events(args).await,
             Command::Profiles(args) => custos::profile_commands::run(args).await,
+            Command::BenchFloor => custos::daemon::bench_floor().await,
         }
     });
     match result {

@@ -270,6 +270,49 @@ fn run_container(env: &Env, args: &[String], ctr_args: &[String]) -> Result<(Str
     Ok((id, line))
 }
 
+/// `custos bench-floor` running: empty programs on the agent's hooks.
+struct Floor {
+    child: Child,
+}
+
+impl Floor {
+    fn start(env: &Env) -> Result<Self> {
+        let mut child = Command::new(&env.custos)
+            .arg("bench-floor")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot run `custos bench-floor`")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)?;
+        if first.trim() != "attached" {
+            let status = child.wait()?;
+            bail!("`custos bench-floor` did not attach its programs ({status})");
+        }
+        Ok(Self { child })
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("`custos bench-floor` failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Floor {
+    /// A bench that stops early must not leave the empty programs attached.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running agent with one subscriber counting everything it sends.
 struct Agent {
     child: Child,
@@ -441,7 +484,7 @@ fn other_agents(ours: u32) -> usize {
         .count()
 }
 
-/// The three ways a workload runs in the overhead test.
+/// The four ways a workload runs in the overhead test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Condition {
     /// The agent runs with one subscriber; the bench containers are not profiled.
@@ -450,6 +493,9 @@ enum Condition {
     Detached,
     /// The agent runs with one subscriber and the bench workload's learned profile enforced.
     Enforced,
+    /// No agent, but empty programs on every hook the agent uses (`custos bench-floor`): what
+    /// hooking alone costs on this kernel, the least any agent built on these hooks can cost.
+    Floor,
 }
 
 impl Condition {
@@ -458,21 +504,16 @@ impl Condition {
             Condition::Attached => "A",
             Condition::Detached => "B",
             Condition::Enforced => "E",
+            Condition::Floor => "F",
         }
     }
 }
 
-/// Every order of the three conditions, one per round in turn: none always goes first.
-const ORDERS: [[Condition; 3]; 6] = {
-    use Condition::{Attached as A, Detached as B, Enforced as E};
-    [
-        [A, B, E],
-        [B, E, A],
-        [E, A, B],
-        [A, E, B],
-        [E, B, A],
-        [B, A, E],
-    ]
+/// The orders of the four conditions, one per round in turn: each goes first in turn and
+/// follows each other one.
+const ORDERS: [[Condition; 4]; 4] = {
+    use Condition::{Attached as A, Detached as B, Enforced as E, Floor as F};
+    [[A, B, E, F], [B, F, A, E], [E, A, F, B], [F, E, B, A]]
 };
 
 /// One workload's samples (ns/op per run) and events received per run.
@@ -481,6 +522,7 @@ struct Samples {
     detached: Vec<f64>,
     attached: Vec<f64>,
     enforced: Vec<f64>,
+    floor: Vec<f64>,
     attached_events: Vec<u64>,
     enforced_events: Vec<u64>,
 }
@@ -518,11 +560,15 @@ fn overhead(env: &mut Env, enforcing: &enforce::Enforce, rounds: usize) -> Resul
                     thread::sleep(Duration::from_millis(500));
                     Some(agent)
                 }
-                Condition::Detached => {
+                Condition::Detached | Condition::Floor => {
                     let others = other_agents(0);
                     env.others_seen = env.others_seen.max(others);
                     None
                 }
+            };
+            let floor = match condition {
+                Condition::Floor => Some(Floor::start(env)?),
+                _ => None,
             };
             let ctr_args = if condition == Condition::Enforced {
                 enforce::ctr_args()
@@ -545,8 +591,12 @@ fn overhead(env: &mut Env, enforcing: &enforce::Enforce, rounds: usize) -> Resul
                     Condition::Attached => samples.attached.push(ns),
                     Condition::Detached => samples.detached.push(ns),
                     Condition::Enforced => samples.enforced.push(ns),
+                    Condition::Floor => samples.floor.push(ns),
                 }
                 ids.push(id);
+            }
+            if let Some(floor) = floor {
+                floor.stop()?;
             }
             let Some(agent) = agent else { continue };
             agent.drain(Duration::from_millis(200), Duration::from_secs(3));
@@ -588,16 +638,17 @@ fn overhead(env: &mut Env, enforcing: &enforce::Enforce, rounds: usize) -> Resul
             .map(|(w, s)| {
                 let last = |v: &[f64]| v.last().copied().unwrap_or(0.0);
                 format!(
-                    "{} {:.0}/{:.0}/{:.0}",
+                    "{} {:.0}/{:.0}/{:.0}/{:.0}",
                     w.mode,
                     last(&s.attached),
                     last(&s.enforced),
+                    last(&s.floor),
                     last(&s.detached)
                 )
             })
             .collect();
         note(format!(
-            "round {}/{rounds} (ns/op attached/enforced/detached): {}",
+            "round {}/{rounds} (ns/op attached/enforced/floor/detached): {}",
             round + 1,
             line.join(", ")
         ));
@@ -821,12 +872,13 @@ fn report(
         .iter()
         .zip(&overhead.samples)
         .map(|(w, s)| {
-            let (d, a, e) = (
+            let (d, a, e, f) = (
                 median(&s.detached),
                 median(&s.attached),
                 median(&s.enforced),
+                median(&s.floor),
             );
-            let (ratio, enforce_ratio) = (a / d, e / d);
+            let (ratio, enforce_ratio, floor_ratio) = (a / d, e / d, f / d);
             json!({
                 "mode": w.mode,
                 "workload": w.what,
@@ -834,11 +886,14 @@ fn report(
                 "detached_ns_per_op": s.detached,
                 "attached_ns_per_op": s.attached,
                 "enforced_ns_per_op": s.enforced,
+                "floor_ns_per_op": s.floor,
                 "median_detached_ns": round1(d),
                 "median_attached_ns": round1(a),
                 "median_enforced_ns": round1(e),
+                "median_floor_ns": round1(f),
                 "ratio": round3(ratio),
                 "enforce_ratio": round3(enforce_ratio),
+                "floor_ratio": round3(floor_ratio),
                 "target_ratio_max": w.target,
                 "pass": ratio <= w.target,
                 "enforce_pass": enforce_ratio <= w.target,
@@ -953,16 +1008,18 @@ fn markdown(r: &Value) -> String {
     }
     md += "Attached (A): the agent runs with one gRPC subscriber. Enforce (E): the same, with the \
            bench workload's profile learned beforehand and the workload in `enforce` mode, so its \
-           loops run under kernel policy (the container waits 1 s before its loop). Ratios are to \
-           the not-attached (B) median.\n\n";
+           loops run under kernel policy (the container waits 1 s before its loop). Floor (F): no \
+           agent, but an empty program on every hook the agent uses (`custos bench-floor`): what \
+           hooking alone costs on this kernel, and so the least any agent built on these hooks \
+           can cost. Ratios are to the not-attached (B) median.\n\n";
     md += "| Workload (in a container) | Iterations | Not attached, median ns/op \
            | Attached, median ns/op | Attached ratio | Enforce, median ns/op | Enforce ratio \
-           | Target |\n";
-    md += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+           | Floor, median ns/op | Floor ratio | Target |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     for w in r["overhead"].as_array().into_iter().flatten() {
         md += &format!(
-            "| {} | {} | {:.1} | {:.1} | {:.3} {} | {:.1} | {:.3} {} | ≤ {:.2} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.3} {} | {:.1} | {:.3} {} | {:.1} | {:.3} | ≤ {:.2} |\n",
             s(&w["workload"]),
             w["iterations"],
             num(&w["median_detached_ns"]),
@@ -972,6 +1029,8 @@ fn markdown(r: &Value) -> String {
             num(&w["median_enforced_ns"]),
             num(&w["enforce_ratio"]),
             pass(w["enforce_pass"].as_bool().unwrap_or(false)),
+            num(&w["median_floor_ns"]),
+            num(&w["floor_ratio"]),
             num(&w["target_ratio_max"]),
         );
     }

@@ -3,6 +3,7 @@
 
 mod common;
 mod files;
+mod floor;
 mod lsm;
 mod network;
 mod policy;

@@ -448,6 +448,32 @@ pub struct PolicyMaps {
     pub generation: aya::maps::Array<MapData, u32>,
 }
 
+/// Attaches an empty program to every hook of [`PROGRAMS`] (`custos bench-floor`), for
+/// `cargo xtask bench` to measure what hooking alone costs next to what the agent costs. The
+/// programs stay attached while the returned object lives.
+pub fn attach_floor() -> Result<Ebpf, SensorError> {
+    if PROBES.is_empty() {
+        return Err(SensorError::NoPrograms);
+    }
+    ensure_tracefs()?;
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .load(PROBES)
+        .map_err(|error| SensorError::Load(Box::new(error)))?;
+    let btf = aya::Btf::from_sys_fs()
+        .map_err(|error| SensorError::Load(Box::new(aya::EbpfError::BtfError(error))))?;
+    for &(_, hook) in PROGRAMS {
+        let empty = match hook {
+            Hook::Classic(..) => "floor_tracepoint",
+            Hook::Raw(_) => "floor_raw_tracepoint",
+            Hook::Btf(_) => "floor_btf_tracepoint",
+        };
+        attach(&mut ebpf, empty, hook, &btf)?;
+    }
+    info!(hooks = PROGRAMS.len(), "empty programs attached");
+    Ok(ebpf)
+}
+
 /// Programs the raw `sys_enter` tail-calls, by slot of its `SYS_ENTER_TAILS` map (see
 /// agent-ebpf/src/probes/syscalls.rs): loaded, not attached.
 const SYS_ENTER_TAILS: &[(u32, &str)] = &[(0, "sys_enter_exec")];

@@ -15,6 +15,6 @@ pub mod syscalls;
 
 pub use loader::{
     KernelCounters, PolicyMaps, RecordReader, RecordReaders, SensorError, SensorOptions, Sensors,
-    TracedCgroups,
+    TracedCgroups, attach_floor,
 };
 pub use records::{DecodeError, ExecRecord, ExitRecord, ForkRecord, KernelRecord, RecordHeader};
