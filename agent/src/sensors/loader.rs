@@ -327,12 +327,7 @@ impl Sensors {
                 name,
                 source: Box::new(source),
             };
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(SensorError::Missing(name))?
-                .try_into()
-                .map_err(program_error)?;
+            let program: &mut CgroupSockAddr = program_as(&mut self.ebpf, name)?;
             program.load().map_err(program_error)?;
             program
                 .attach(&root, CgroupAttachMode::Single)
@@ -398,12 +393,7 @@ impl Sensors {
                 name,
                 source: Box::new(source),
             };
-            let program: &mut Lsm = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(SensorError::Missing(name))?
-                .try_into()
-                .map_err(program_error)?;
+            let program: &mut Lsm = program_as(&mut self.ebpf, name)?;
             program.load(hook, &btf).map_err(program_error)?;
             program.attach().map_err(|source| SensorError::Attach {
                 name,
@@ -474,6 +464,20 @@ pub fn attach_floor() -> Result<Ebpf, SensorError> {
     Ok(ebpf)
 }
 
+/// Program `name` of the loaded object, as the program type `T` it must be.
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, SensorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SensorError::Missing(name))?
+        .try_into()
+        .map_err(|source| SensorError::Program {
+            name,
+            source: Box::new(source),
+        })
+}
+
 /// Programs the raw `sys_enter` tail-calls, by slot of its `SYS_ENTER_TAILS` map (see
 /// agent-ebpf/src/probes/syscalls.rs): loaded, not attached.
 const SYS_ENTER_TAILS: &[(u32, &str)] = &[(0, "sys_enter_exec")];
@@ -490,11 +494,7 @@ fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<(), SensorError> {
             name,
             source: Box::new(source),
         };
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(SensorError::Missing(name))?
-            .try_into()
-            .map_err(program_error)?;
+        let program: &mut RawTracePoint = program_as(ebpf, name)?;
         program.load().map_err(program_error)?;
         let fd = program
             .fd()
