@@ -299,6 +299,15 @@ pub struct KernelOffsets {
     // --- end of syscall argument offsets ---
 }
 
+/// Name of the one-slot array holding the coarse clock: `CLOCK_BOOTTIME` in nanoseconds,
+/// written by user space before the programs are attached and then every
+/// [`COARSE_CLOCK_TICK_MS`]. The repeat check reads it instead of calling
+/// `bpf_ktime_get_boot_ns`, which costs about as much as the rest of a suppressed open's
+/// check on a virtual machine; repeat windows are seconds long, so a tick's staleness is noise.
+pub const COARSE_CLOCK_MAP: &str = "COARSE_CLOCK";
+/// How often user space advances the coarse clock.
+pub const COARSE_CLOCK_TICK_MS: u64 = 50;
+
 /// Settings written into the programs before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

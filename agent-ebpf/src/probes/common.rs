@@ -1,6 +1,7 @@
 //! What every probe uses: settings from user space, the event ring buffer, counters, and the
 //! record header.
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -8,7 +9,8 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
 };
 use custos_ebpf::{
     COMM_LEN, COUNTER_SLOTS, Counter, EventKind, ProbeConfig, RecordHeader, RepeatKey, RepeatState,
@@ -58,6 +60,10 @@ static TRACED_CGROUPS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384
 /// the least recently seen action is forgotten and will simply be sent again.
 #[map]
 static RECENT: LruHashMap<RepeatKey, RepeatState> = LruHashMap::with_max_entries(65536, 0);
+
+/// `custos_ebpf::COARSE_CLOCK_MAP`: boot time in ns, as of user space's last tick.
+#[map]
+static COARSE_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters indexed by [`Counter`]; user space sums the CPUs.
 #[map]
@@ -113,6 +119,23 @@ pub fn parent_pid() -> u32 {
         .unwrap_or(0)
 }
 
+/// The syscall number and return value of a `syscalls:sys_exit_*` tracepoint's record (8-byte
+/// common header, `__syscall_nr` padded to 8, then `ret`; see
+/// /sys/kernel/tracing/events/syscalls/sys_exit_*/format), loaded straight from the context:
+/// two loads instead of two probe-read helper calls on every traced exit.
+#[inline(always)]
+pub fn syscall_exit(ctx: &TracePointContext) -> (u64, i64) {
+    let record = ctx.as_ptr() as *const u8;
+    // SAFETY: both fields are inside the record every syscall exit tracepoint passes, at
+    // aligned offsets past the first 8 bytes, which is what the verifier allows a tracepoint
+    // program to load from its context.
+    unsafe {
+        let nr = core::ptr::read(record.add(8).cast::<i32>());
+        let ret = core::ptr::read(record.add(16).cast::<i64>());
+        (nr as u64, ret)
+    }
+}
+
 /// Fills `header` with the current task's identity.
 #[inline(always)]
 pub fn fill_header(header: &mut RecordHeader, kind: EventKind, tid: u32, pid: u32) {
@@ -129,10 +152,13 @@ pub fn fill_header(header: &mut RecordHeader, kind: EventKind, tid: u32, pid: u3
 }
 
 /// Whether file, network and syscall activity of `cgroup_id` is traced: containers always,
-/// host processes only when configured.
+/// host processes only when configured. A cgroup whose syscall set this CPU's `sys_enter` just
+/// used is traced without a lookup (usually the case: the exit follows its own entry).
 #[inline(always)]
 pub fn is_traced(cgroup_id: u64) -> bool {
-    config().trace_host != 0 || TRACED_CGROUPS.get_ptr(&cgroup_id).is_some()
+    config().trace_host != 0
+        || super::syscalls::last_set_is(cgroup_id)
+        || TRACED_CGROUPS.get_ptr(&cgroup_id).is_some()
 }
 
 /// What [`check_repeat`] says about an action.
@@ -147,8 +173,12 @@ pub enum Repeat {
 /// Decides whether an action identified by (`cgroup_id`, `kind`, `what`) is sent or suppressed
 /// as a repeat. A repeat is only suppressed while the policy generation it was judged under is
 /// current.
+///
+/// Time is the coarse clock (`custos_ebpf::COARSE_CLOCK_MAP`): an array read, where
+/// `bpf_ktime_get_boot_ns` would be a clock read on every suppressed repeat.
 #[inline(always)]
-pub fn check_repeat(cgroup_id: u64, kind: EventKind, what: u64, now_ns: u64) -> Repeat {
+pub fn check_repeat(cgroup_id: u64, kind: EventKind, what: u64) -> Repeat {
+    let now_ns = COARSE_CLOCK.get(0).copied().unwrap_or(0);
     let key = repeat_key(cgroup_id, kind, what);
     let generation = super::policy::generation();
     if let Some(state) = RECENT.get_ptr_mut(&key) {

@@ -22,8 +22,8 @@
 //! the same file for suppression only: each sent event carries the path actually opened.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_user,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
@@ -45,7 +45,7 @@ use custos_ebpf::{
 
 use super::common::{
     ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes, is_agent,
-    is_traced, remember_verdict, wakeup_flags,
+    is_traced, remember_verdict, syscall_exit, wakeup_flags,
 };
 use super::lsm::{lsm_active, took_blocked_open};
 use super::policy::{kill_current, open_access, path_allowed, policy_of};
@@ -60,11 +60,6 @@ const O_TRUNC: u32 = 0o1000;
 /// One record per CPU to build in: ~4.7 KiB, far beyond the 512-byte stack.
 #[map]
 static OPEN_SCRATCH: PerCpuArray<FileOpenRecord> = PerCpuArray::with_max_entries(1, 0);
-
-// Offsets in the syscall exit tracepoints' records (8-byte common header, `__syscall_nr`
-// padded to 8, then `ret`; see /sys/kernel/tracing/events/syscalls/sys_exit_*/format).
-const EXIT_NR: usize = 8;
-const EXIT_RET: usize = 16;
 
 // x86-64 syscall numbers of the opens.
 const NR_OPEN: u64 = 2;
@@ -328,14 +323,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if is_agent(pid) || !is_traced(cgroup_id) {
         return Ok(());
     }
-    let nr = unsafe { ctx.read_at::<i32>(EXIT_NR) }? as u64;
+    let (nr, ret) = syscall_exit(ctx);
     let task = unsafe { bpf_get_current_task() };
     let Some(pending) = open_args(task, nr) else {
         count(Counter::OpenArgsLost);
         return Ok(());
     };
-    let ret: i64 = unsafe { ctx.read_at(EXIT_RET) }?;
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let record = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let record = unsafe { &mut *record };
@@ -353,7 +346,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let inode: u64 = read_at(file, offsets.file_inode).ok_or(0i64)?;
         // Kernel pointers have their top bits all set, so shifting them out loses nothing.
         let what = (inode << 4) | mode_bits(pending.open_flags);
-        match check_repeat(cgroup_id, EventKind::FileOpen, what, now) {
+        match check_repeat(cgroup_id, EventKind::FileOpen, what) {
             Repeat::Suppressed { verdict } => {
                 if verdict == VERDICT_KILLED {
                     kill_current();
@@ -380,8 +373,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
             ^ (u64::from(pending.open_flags) << 32 | (ret as u64 & 0xffff_ffff))
             ^ base.map_or(0, |base| base.dentry.rotate_left(17));
         let blocked = took_blocked_open(tid);
-        let Repeat::Send { repeats } = check_repeat(cgroup_id, EventKind::FileOpen, what, now)
-        else {
+        let Repeat::Send { repeats } = check_repeat(cgroup_id, EventKind::FileOpen, what) else {
             return Ok(());
         };
         record.repeats = repeats;

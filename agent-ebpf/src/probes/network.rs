@@ -16,8 +16,7 @@
 //! action that is sent. Accepts and unix sockets are not judged in the kernel.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
         generated::{bpf_probe_read_kernel as probe_read_kernel_raw, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
@@ -33,7 +32,7 @@ use custos_ebpf::{
 use super::{
     common::{
         ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes,
-        is_agent, is_traced, wakeup_flags,
+        is_agent, is_traced, syscall_exit, wakeup_flags,
     },
     policy::{net_allowed, policy_of},
     regs::syscall_regs,
@@ -42,11 +41,6 @@ use super::{
 /// One record per CPU to build in: it is too large for the stack.
 #[map]
 static NET_SCRATCH: PerCpuArray<NetRecord> = PerCpuArray::with_max_entries(1, 0);
-
-// Offsets in the syscall exit tracepoints' records: 8-byte common header, `__syscall_nr`
-// padded to 8, then `ret`.
-const EXIT_NR: usize = 8;
-const EXIT_RET: usize = 16;
 
 const EPERM: i64 = 1;
 const EBADF: i64 = 9;
@@ -84,7 +78,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if is_agent(pid) || !is_traced(unsafe { bpf_get_current_cgroup_id() }) {
         return Ok(());
     }
-    let nr = unsafe { ctx.read_at::<i32>(EXIT_NR) }? as u64;
+    let (nr, ret) = syscall_exit(ctx);
     let Some(regs) = syscall_regs(unsafe { bpf_get_current_task() }, nr) else {
         count(Counter::NetArgsLost);
         return Ok(());
@@ -100,7 +94,6 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         NR_ACCEPT | NR_ACCEPT4 => (EventKind::Accept, None),
         _ => return Ok(()),
     };
-    let ret: i64 = unsafe { ctx.read_at(EXIT_RET) }?;
     // A non-blocking accept with nothing queued is not an action.
     if matches!(kind, EventKind::Accept) && ret == -EAGAIN {
         return Ok(());
@@ -204,8 +197,7 @@ fn emit(
         return Ok(());
     }
     let what = repeat_key(kind, record);
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let Repeat::Send { repeats } = check_repeat(cgroup_id, kind, what, now) else {
+    let Repeat::Send { repeats } = check_repeat(cgroup_id, kind, what) else {
         return Ok(());
     };
     record.repeats = repeats;

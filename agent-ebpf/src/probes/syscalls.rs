@@ -2,8 +2,9 @@
 //! `SYSCALL_SETS`, with one record the first time a cgroup enters a syscall.
 //!
 //! `raw_syscalls:sys_enter` fires for every syscall on the machine, so the path taken by all
-//! but first uses is kept to: cgroup id, one map lookup (the set, which also says "traced"),
-//! bit test, return.
+//! but first uses is kept to: cgroup id, one per-CPU array read (`LAST_SET`, a copy of the set
+//! this CPU used last), bit test, return. Only when the CPU switches cgroups, or the copy lacks
+//! the bit, is the set looked up in `SYSCALL_SETS` (which also says "traced").
 //!
 //! Blocking is opt-in per profile (`syscallPolicy: kill`): for a container in enforce mode
 //! whose profile opted in, a syscall outside the profile's set (`SYSCALL_RULES`, checked on
@@ -22,7 +23,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
     macros::{map, raw_tracepoint},
-    maps::{HashMap, ProgramArray},
+    maps::{HashMap, PerCpuArray, ProgramArray},
     programs::RawTracePointContext,
 };
 use custos_ebpf::{
@@ -46,6 +47,32 @@ use super::{
 /// (empty) sets of the containers it traces and deletes those of cgroups that are gone.
 #[map]
 static SYSCALL_SETS: HashMap<u64, SyscallBits> = HashMap::with_max_entries(SYSCALL_SETS_MAX, 0);
+
+/// A copy of the syscall set of `cgroup_id`, the cgroup this CPU last looked one up for. Copies
+/// only ever lack bits (another CPU set them since; the slow path then refreshes the copy),
+/// never hold extra ones: a set's bits are never cleared while its cgroup lives, and cgroup ids
+/// are not reused. 0 (no cgroup has id 0) until the first refresh.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(super) struct LastSet {
+    cgroup_id: u64,
+    bits: SyscallBits,
+}
+
+/// One [`LastSet`] per CPU: a syscall is most often made by the task that made the one before
+/// on the same CPU, and an array read is inlined where a hash lookup is a call and a hash.
+#[map]
+static LAST_SET: PerCpuArray<LastSet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `cgroup_id` is the cgroup of this CPU's [`LastSet`], hence has a syscall set, hence
+/// is traced: lets the exit programs skip the `TRACED_CGROUPS` lookup for the task that just
+/// entered its syscall on this CPU.
+#[inline(always)]
+pub(super) fn last_set_is(cgroup_id: u64) -> bool {
+    LAST_SET
+        .get(0)
+        .is_some_and(|last| last.cgroup_id == cgroup_id)
+}
 
 /// Indexes of the `sys_enter` raw tracepoint's arguments (`struct pt_regs *regs`, `long id`).
 pub(super) const SYS_ENTER_REGS_ARG: usize = 0;
@@ -78,17 +105,6 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // The set is looked up first: it doubles as "traced", so a container's syscall costs one
-    // map lookup, not two. User space gives a container an empty set when it starts tracing
-    // it; host processes get one here, only when they are traced too.
-    let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
-        Some(set) => set,
-        None if config().trace_host != 0 => {
-            learn_regs_offset(ctx.arg(SYS_ENTER_REGS_ARG));
-            first_set(cgroup_id)?
-        }
-        None => return Ok(()),
-    };
     let id: i64 = ctx.arg(SYS_ENTER_ID_ARG);
     if id < 0 || id >= i64::from(SYSCALL_MAX) {
         return Ok(());
@@ -104,10 +120,30 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     if killed {
         kill_current();
     }
+    let last = LAST_SET.get_ptr_mut(0).ok_or(0i64)?;
+    // SAFETY: this CPU's slot, ours while the program runs; `word` is masked in range.
+    if !killed && unsafe { (*last).cgroup_id == cgroup_id && (*last).bits.words[word] & bit != 0 } {
+        return Ok(());
+    }
+    // The set doubles as "traced". User space gives a container an empty set when it starts
+    // tracing it; host processes get one here, only when they are traced too.
+    let set = match SYSCALL_SETS.get_ptr_mut(&cgroup_id) {
+        Some(set) => set,
+        None if config().trace_host != 0 => {
+            learn_regs_offset(ctx.arg(SYS_ENTER_REGS_ARG));
+            first_set(cgroup_id)?
+        }
+        None => return Ok(()),
+    };
     // SAFETY: a live value of this map; `word` < SYSCALL_WORDS by the mask above.
     let slot = unsafe { &mut (*set).words[word] };
     let known = *slot & bit != 0;
     if known && !killed {
+        // SAFETY: as above; a plain copy of the set into this CPU's slot.
+        unsafe {
+            (*last).cgroup_id = cgroup_id;
+            (*last).bits = *set;
+        }
         return Ok(());
     }
     // A traced cgroup's first syscalls all come through here before any of them returns,

@@ -13,7 +13,7 @@ use custos_ebpf::{
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
-use super::{btf, records::KernelRecord};
+use super::{btf, clock::CoarseClock, records::KernelRecord};
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf/`.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custos-probes"));
@@ -130,6 +130,8 @@ pub enum SensorError {
     },
     #[error("watching the event ring buffer")]
     Poll(#[source] io::Error),
+    #[error("starting the thread that advances the kernel programs' coarse clock")]
+    ClockThread(#[source] io::Error),
 }
 
 /// Counters kept by the kernel programs, summed over CPUs.
@@ -155,6 +157,8 @@ pub struct KernelCounters {
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Sensors {
     ebpf: Ebpf,
+    /// Ticks while the programs that read it are attached.
+    _clock: CoarseClock,
 }
 
 /// The readers of the two ring buffers: process lifecycle, and activity.
@@ -234,6 +238,7 @@ impl Sensors {
         let aya_btf = aya::Btf::from_sys_fs()
             .map_err(|error| SensorError::Load(Box::new(aya::EbpfError::BtfError(error))))?;
         fill_tail_calls(&mut ebpf)?;
+        let clock = CoarseClock::start(&mut ebpf)?;
         for &(name, hook) in PROGRAMS {
             attach(&mut ebpf, name, hook, &aya_btf)?;
         }
@@ -259,7 +264,14 @@ impl Sensors {
             trace_host = options.trace_host,
             "eBPF sensors attached"
         );
-        Ok((Self { ebpf }, readers, traced))
+        Ok((
+            Self {
+                ebpf,
+                _clock: clock,
+            },
+            readers,
+            traced,
+        ))
     }
 
     /// Reads the kernel's counters (sent, dropped, ...), summed over CPUs.

@@ -6,6 +6,7 @@
 //! written into the programs before load, so one object serves many kernels.
 
 pub mod btf;
+mod clock;
 pub mod files;
 mod loader;
 pub mod network;
