@@ -34,7 +34,7 @@ use super::{
         ACTIVITY, Repeat, check_repeat, config, count, current_ids, fill_header, hash_bytes,
         is_agent, is_traced, syscall_exit, wakeup_flags,
     },
-    policy::{net_allowed, policy_of},
+    policy::{net_allowed, policy_of, take_egress_note},
     regs::syscall_regs,
 };
 
@@ -96,6 +96,15 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // A non-blocking accept with nothing queued is not an action.
     if matches!(kind, EventKind::Accept) && ret == -EAGAIN {
+        return Ok(());
+    }
+    // A known-good connect the cgroup hook already judged: nothing to read or send.
+    if nr == NR_CONNECT
+        && let Some(note) = take_egress_note(tid)
+        && ret != -EPERM
+        && note.is_for(regs.arg(1))
+    {
+        count(Counter::AllowedInKernel);
         return Ok(());
     }
     let fd = regs.arg(0) as i32;

@@ -2,13 +2,14 @@
 //! `custos_ebpf::policy`), and the checks the sensors and the cgroup programs run against them.
 //! Nothing here waits for user space: a lookup that finds nothing means "not known-good".
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, generated::bpf_send_signal},
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_user, generated::bpf_send_signal},
     macros::{cgroup_sock_addr, map},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::SockAddrContext,
 };
 use custos_ebpf::{
     Counter,
+    net::{AF_INET, AF_INET6},
     policy::{
         ACCESS_READ, ACCESS_WRITE, CgroupPolicy, EXEC_ALLOW, EXEC_DENY, EXEC_KEY_NAME,
         EXEC_KEY_PATH, EXEC_KEY_UNDECIDED, ExecRuleKey, MODE_ENFORCE, NET_EGRESS, NET_LISTEN,
@@ -215,82 +216,187 @@ pub fn net_allowed(
     false
 }
 
-/// The common part of the cgroup sock_addr programs: 1 lets the call through, 0 makes it fail
-/// with EPERM. Only IPv4/IPv6 TCP and UDP of containers in enforce mode are judged.
+/// What a cgroup `connect4`/`connect6` hook saw of a connect it found known-good: the peer as
+/// the caller gave it (sockaddr family, port and address bytes, before any IPv4-mapped
+/// canonicalisation) and the rules' generation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EgressNote {
+    family: u16,
+    port: [u8; 2],
+    generation: u32,
+    addr: [u8; 16],
+}
+
+/// Known-good connects of judged containers, by thread, from the cgroup connect hooks to the
+/// connect's syscall exit (probes/network.rs): the exit recognises its own call by the peer
+/// and skips reading the socket. A thread has one connect in flight; the hook writes or clears
+/// its note on every judged connect and the exit takes it back. LRU: bounded, and a note
+/// whose exit was not traced ages out.
+#[map]
+static EGRESS_NOTES: LruHashMap<u32, EgressNote> = LruHashMap::with_max_entries(4096, 0);
+
+/// Takes the current thread's note back (see [`EGRESS_NOTES`]), if it was written under the
+/// rules in force.
 #[inline(always)]
-fn judge_sock_addr(ctx: &SockAddrContext, direction: u8, family: u8) -> i32 {
-    // SAFETY: the context the kernel gave this program.
-    let sock = unsafe { &*ctx.sock_addr };
+pub fn take_egress_note(tid: u32) -> Option<EgressNote> {
+    // SAFETY: a plain-data value copied out of the map.
+    let note = unsafe { EGRESS_NOTES.get(&tid) }.copied()?;
+    let _ = EGRESS_NOTES.remove(&tid);
+    (note.generation == generation()).then_some(note)
+}
+
+impl EgressNote {
+    /// Whether the caller's sockaddr, read from user memory at `user_addr`, is the peer this
+    /// note is about. IPv6 peers with a scope id never match (the kernel does not judge them).
+    #[inline(always)]
+    pub fn is_for(&self, user_addr: u64) -> bool {
+        // SAFETY (both reads): probe reads of user memory; a fault makes them fail.
+        let Ok(head) = (unsafe { bpf_probe_read_user(user_addr as *const [u8; 8]) }) else {
+            return false;
+        };
+        if u16::from_ne_bytes([head[0], head[1]]) != self.family || head[2..4] != self.port {
+            return false;
+        }
+        match self.family {
+            AF_INET => head[4..8] == self.addr[..4],
+            AF_INET6 => {
+                // sin6_flowinfo at 4, then sin6_addr at 8 and sin6_scope_id at 24.
+                let Ok(tail) = (unsafe { bpf_probe_read_user((user_addr + 8) as *const [u8; 20]) })
+                else {
+                    return false;
+                };
+                tail[..16] == self.addr && tail[16..] == [0u8; 4]
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a cgroup sock_addr hook decides about a call.
+enum SockAddrVerdict {
+    /// Not an IPv4/IPv6 TCP or UDP peer or listening port the kernel judges.
+    NotJudged,
+    /// Known-good, with what a connect hook notes for the call's exit.
+    Allowed(EgressNote),
+    /// Outside the profile.
+    Denied,
+}
+
+/// The common part of the cgroup sock_addr programs: 1 lets the call through, 0 makes it fail
+/// with EPERM. IPv4/IPv6 TCP and UDP calls of judged containers are judged; only enforce mode
+/// refuses them. A connect hook (`notes`) also leaves the thread an [`EgressNote`] when the
+/// connect is known-good, and clears any older one otherwise.
+#[inline(always)]
+fn judge_sock_addr(ctx: &SockAddrContext, direction: u8, family: u8, notes: bool) -> i32 {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(policy) = policy_of(cgroup_id) else {
         return 1;
     };
-    if policy.mode != MODE_ENFORCE || is_agent(current_ids().1) {
+    let (tid, pid) = current_ids();
+    if is_agent(pid) {
         return 1;
     }
+    // SAFETY: the context the kernel gave this program.
+    let sock = unsafe { &*ctx.sock_addr };
+    let verdict = sock_addr_verdict(sock, direction, family, policy.profile);
+    if notes {
+        match &verdict {
+            SockAddrVerdict::Allowed(note) => {
+                let _ = EGRESS_NOTES.insert(&tid, note, 0);
+            }
+            _ => {
+                let _ = EGRESS_NOTES.remove(&tid);
+            }
+        }
+    }
+    match verdict {
+        SockAddrVerdict::Denied if policy.mode == MODE_ENFORCE => {
+            count(Counter::NetworkBlocked);
+            0
+        }
+        _ => 1,
+    }
+}
+
+/// Judges the peer (egress) or local port (listen) of a sock_addr call against `profile`.
+#[inline(always)]
+fn sock_addr_verdict(
+    sock: &aya_ebpf::bindings::bpf_sock_addr,
+    direction: u8,
+    family: u8,
+    profile: u32,
+) -> SockAddrVerdict {
     let protocol = match sock.type_ {
         SOCK_STREAM => IPPROTO_TCP,
         SOCK_DGRAM => IPPROTO_UDP,
-        _ => return 1,
+        _ => return SockAddrVerdict::NotJudged,
     };
     // Each program reads only the address fields of its own family (the verifier refuses the
     // others).
     let mut addr = [0u8; 16];
-    let mut family = family;
     if family == 4 {
         addr[..4].copy_from_slice(&sock.user_ip4.to_ne_bytes());
     } else {
         for (index, word) in sock.user_ip6.iter().enumerate() {
             addr[index * 4..index * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
-        // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 peer, as the compiler keys it.
-        if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
-            addr.copy_within(12..16, 0);
-            addr[4..].fill(0);
-            family = 4;
-        }
     }
     // user_port is in network byte order in the low 16 bits.
-    let port = u16::from_be(sock.user_port as u16);
+    let port_bytes = (sock.user_port as u16).to_ne_bytes();
+    let note = EgressNote {
+        family: if family == 4 { AF_INET } else { AF_INET6 },
+        port: port_bytes,
+        generation: generation(),
+        addr,
+    };
+    let port = u16::from_be_bytes(port_bytes);
     if direction == NET_LISTEN && (protocol != IPPROTO_TCP || port == 0) {
         // Binding a UDP socket or an ephemeral port is not a listen.
-        return 1;
+        return SockAddrVerdict::NotJudged;
     }
-    if net_allowed(policy.profile, direction, protocol, family, addr, port) {
-        return 1;
+    // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 peer, as the compiler keys it.
+    let mut family = family;
+    if family == 6 && addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
+        addr.copy_within(12..16, 0);
+        addr[4..].fill(0);
+        family = 4;
     }
-    count(Counter::NetworkBlocked);
-    0
+    if net_allowed(profile, direction, protocol, family, addr, port) {
+        SockAddrVerdict::Allowed(note)
+    } else {
+        SockAddrVerdict::Denied
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn enforce_connect4(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_EGRESS, 4)
+    judge_sock_addr(&ctx, NET_EGRESS, 4, true)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn enforce_connect6(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_EGRESS, 6)
+    judge_sock_addr(&ctx, NET_EGRESS, 6, true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn enforce_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_EGRESS, 4)
+    judge_sock_addr(&ctx, NET_EGRESS, 4, true)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn enforce_sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_EGRESS, 6)
+    judge_sock_addr(&ctx, NET_EGRESS, 6, false)
 }
 
 #[cgroup_sock_addr(bind4)]
 pub fn enforce_bind4(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_LISTEN, 4)
+    judge_sock_addr(&ctx, NET_LISTEN, 4, false)
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn enforce_bind6(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_LISTEN, 6)
+    judge_sock_addr(&ctx, NET_LISTEN, 6, false)
 }
 
 /// Syscalls allowed, per profile number, for the profiles that opted in to killing a process
