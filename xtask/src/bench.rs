@@ -837,6 +837,45 @@ fn median(samples: &[f64]) -> f64 {
     }
 }
 
+/// Bootstrap resamples behind [`ratio_interval`].
+const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// A 90% bootstrap interval of `median(x) / median(base)`: both sample sets are resampled with
+/// replacement and the 5th and 95th percentiles of the resampled ratios taken. The generator is
+/// seeded from nothing but the samples, so a report's intervals can be recomputed from its JSON.
+/// With a handful of rounds on a noisy machine, it tells whether a ratio's distance from its
+/// target means anything.
+fn ratio_interval(base: &[f64], x: &[f64]) -> (f64, f64) {
+    if base.is_empty() || x.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    // splitmix64: small, good enough to draw indexes.
+    let mut state = base
+        .iter()
+        .chain(x)
+        .fold(0x9e37_79b9_7f4a_7c15_u64, |h, v| {
+            h.rotate_left(7) ^ v.to_bits()
+        });
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut resample = |samples: &[f64]| -> Vec<f64> {
+        (0..samples.len())
+            .map(|_| samples[(next() % samples.len() as u64) as usize])
+            .collect()
+    };
+    let mut ratios: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| median(&resample(x)) / median(&resample(base)))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    (at(0.05), at(0.95))
+}
+
 /// The 1-minute load average: other work on the machine disturbs the numbers.
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
@@ -879,6 +918,10 @@ fn report(
                 median(&s.floor),
             );
             let (ratio, enforce_ratio, floor_ratio) = (a / d, e / d, f / d);
+            let interval = |x: &[f64]| {
+                let (low, high) = ratio_interval(&s.detached, x);
+                json!([round3(low), round3(high)])
+            };
             json!({
                 "mode": w.mode,
                 "workload": w.what,
@@ -894,6 +937,9 @@ fn report(
                 "ratio": round3(ratio),
                 "enforce_ratio": round3(enforce_ratio),
                 "floor_ratio": round3(floor_ratio),
+                "ratio_interval_90": interval(&s.attached),
+                "enforce_ratio_interval_90": interval(&s.enforced),
+                "floor_ratio_interval_90": interval(&s.floor),
                 "target_ratio_max": w.target,
                 "pass": ratio <= w.target,
                 "enforce_pass": enforce_ratio <= w.target,
@@ -1011,26 +1057,32 @@ fn markdown(r: &Value) -> String {
            loops run under kernel policy (the container waits 1 s before its loop). Floor (F): no \
            agent, but an empty program on every hook the agent uses (`custos bench-floor`): what \
            hooking alone costs on this kernel, and so the least any agent built on these hooks \
-           can cost. Ratios are to the not-attached (B) median.\n\n";
+           can cost. Ratios are to the not-attached (B) median; in brackets, their 90% \
+           bootstrap interval over the rounds' samples (how far run-to-run noise alone moves \
+           them).\n\n";
     md += "| Workload (in a container) | Iterations | Not attached, median ns/op \
            | Attached, median ns/op | Attached ratio | Enforce, median ns/op | Enforce ratio \
            | Floor, median ns/op | Floor ratio | Target |\n";
     md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let bracket = |v: &Value| format!("[{:.2}–{:.2}]", num(&v[0]), num(&v[1]));
     for w in r["overhead"].as_array().into_iter().flatten() {
         md += &format!(
-            "| {} | {} | {:.1} | {:.1} | {:.3} {} | {:.1} | {:.3} {} | {:.1} | {:.3} | ≤ {:.2} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.3} {} {} | {:.1} | {:.3} {} {} | {:.1} | {:.3} {} | ≤ {:.2} |\n",
             s(&w["workload"]),
             w["iterations"],
             num(&w["median_detached_ns"]),
             num(&w["median_attached_ns"]),
             num(&w["ratio"]),
+            bracket(&w["ratio_interval_90"]),
             pass(w["pass"].as_bool().unwrap_or(false)),
             num(&w["median_enforced_ns"]),
             num(&w["enforce_ratio"]),
+            bracket(&w["enforce_ratio_interval_90"]),
             pass(w["enforce_pass"].as_bool().unwrap_or(false)),
             num(&w["median_floor_ns"]),
             num(&w["floor_ratio"]),
+            bracket(&w["floor_ratio_interval_90"]),
             num(&w["target_ratio_max"]),
         );
     }
@@ -1148,6 +1200,19 @@ mod tests {
     fn median_of_odd_and_even() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn ratio_interval_brackets_the_ratio_and_is_exact_without_noise() {
+        assert_eq!(ratio_interval(&[100.0; 7], &[150.0; 7]), (1.5, 1.5));
+        let base = [100.0, 104.0, 97.0, 120.0, 99.0, 101.0, 98.0];
+        let x = [130.0, 160.0, 128.0, 131.0, 170.0, 129.0, 133.0];
+        let ratio = median(&x) / median(&base);
+        let (low, high) = ratio_interval(&base, &x);
+        assert!(low < ratio && ratio < high, "{low} < {ratio} < {high}");
+        assert!(low > 1.2 && high < 1.8, "[{low}, {high}]");
+        // Reproducible: the same samples give the same interval.
+        assert_eq!(ratio_interval(&base, &x), (low, high));
     }
 
     #[test]
