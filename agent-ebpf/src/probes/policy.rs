@@ -342,20 +342,17 @@ fn sock_addr_verdict(
             addr[index * 4..index * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
     }
+    // The peer as the caller gave it, for the note; `addr` may be canonicalised below.
+    let caller_addr = addr;
     // user_port is in network byte order in the low 16 bits.
     let port_bytes = (sock.user_port as u16).to_ne_bytes();
-    let note = EgressNote {
-        family: if family == 4 { AF_INET } else { AF_INET6 },
-        port: port_bytes,
-        generation: generation(),
-        addr,
-    };
     let port = u16::from_be_bytes(port_bytes);
     if direction == NET_LISTEN && (protocol != IPPROTO_TCP || port == 0) {
         // Binding a UDP socket or an ephemeral port is not a listen.
         return SockAddrVerdict::NotJudged;
     }
     // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 peer, as the compiler keys it.
+    let caller_family = if family == 4 { AF_INET } else { AF_INET6 };
     let mut family = family;
     if family == 6 && addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
         addr.copy_within(12..16, 0);
@@ -363,7 +360,12 @@ fn sock_addr_verdict(
         family = 4;
     }
     if net_allowed(profile, direction, protocol, family, addr, port) {
-        SockAddrVerdict::Allowed(note)
+        SockAddrVerdict::Allowed(EgressNote {
+            family: caller_family,
+            port: port_bytes,
+            generation: generation(),
+            addr: caller_addr,
+        })
     } else {
         SockAddrVerdict::Denied
     }
@@ -381,7 +383,7 @@ pub fn enforce_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn enforce_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge_sock_addr(&ctx, NET_EGRESS, 4, true)
+    judge_sock_addr(&ctx, NET_EGRESS, 4, false)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
