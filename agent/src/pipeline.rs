@@ -41,7 +41,8 @@ impl BootClock {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
+/// `clock`'s current time in nanoseconds.
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

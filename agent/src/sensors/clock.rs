@@ -1,6 +1,7 @@
 //! The coarse clock of the kernel programs (`custos_ebpf::COARSE_CLOCK_MAP`): boot time in
 //! nanoseconds, written into a one-slot array before the programs are attached and then every
-//! [`COARSE_CLOCK_TICK_MS`] by a thread of its own.
+//! [`COARSE_CLOCK_TICK_MS`] by a thread of its own. `CLOCK_BOOTTIME` is the clock of
+//! `bpf_ktime_get_boot_ns`, so that times the programs take from either compare.
 //!
 //! The programs read it where they only need to know whether a repeat window (seconds) has
 //! passed: an array read instead of a clock read on every suppressed open, connect or accept.
@@ -42,7 +43,9 @@ impl CoarseClock {
             .take_map(COARSE_CLOCK_MAP)
             .ok_or(SensorError::Missing(COARSE_CLOCK_MAP))?;
         let mut clock: Array<MapData, u64> = Array::try_from(map).map_err(map_error)?;
-        clock.set(0, boot_time_ns(), 0).map_err(map_error)?;
+        clock
+            .set(0, crate::pipeline::clock_ns(libc::CLOCK_BOOTTIME), 0)
+            .map_err(map_error)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let ticker = std::thread::Builder::new()
@@ -51,7 +54,7 @@ impl CoarseClock {
                 let mut failing = false;
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(COARSE_CLOCK_TICK_MS));
-                    match clock.set(0, boot_time_ns(), 0) {
+                    match clock.set(0, crate::pipeline::clock_ns(libc::CLOCK_BOOTTIME), 0) {
                         Ok(()) => failing = false,
                         Err(error) if !failing => {
                             failing = true;
@@ -75,33 +78,5 @@ impl Drop for CoarseClock {
         if let Some(ticker) = self.ticker.take() {
             let _ = ticker.join();
         }
-    }
-}
-
-/// `CLOCK_BOOTTIME` in nanoseconds: the clock of `bpf_ktime_get_boot_ns`, so that times the
-/// programs take from either compare.
-fn boot_time_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out pointer; CLOCK_BOOTTIME exists on every kernel that runs the agent.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn boot_time_advances_in_nanoseconds() {
-        let before = boot_time_ns();
-        std::thread::sleep(Duration::from_millis(20));
-        let elapsed = boot_time_ns() - before;
-        assert!(
-            (20_000_000..2_000_000_000).contains(&elapsed),
-            "elapsed {elapsed} ns"
-        );
     }
 }
